@@ -1,0 +1,805 @@
+//! A partition's log: an ordered set of segments, the last one active.
+//!
+//! # Consistency
+//! Appends are validated whole before any byte is written, so a produce request
+//! is appended entirely or not at all. The broker assigns offsets by patching
+//! each batch's base offset, which lies outside the CRC.
+//!
+//! # Crash consistency
+//! - A closed segment and its indexes are fsynced before the next segment is
+//!   created, so only the active segment can be torn by a crash.
+//! - On open, a log without its clean-shutdown marker rescans its last segment,
+//!   truncates it at the first torn or corrupt batch and rebuilds its indexes.
+//!   Closed segments whose index files are missing or do not fit are rescanned
+//!   too.
+//! - What is durable is what [`Log::sync`] covered; the broker decides when to
+//!   call it (the flush policy) and, under the every-batch policy, readers only
+//!   see synced data (the high watermark is the flushed offset).
+//!
+//! # Retention
+//! Whole closed segments are deleted, oldest first; the active segment never is.
+//! The log start offset is the base of the oldest remaining segment.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::segment::{self, Segment};
+use crate::{Error, Result};
+
+/// Name of the marker a clean close leaves in the partition directory.
+const CLEAN_SHUTDOWN: &str = ".clean-shutdown";
+
+/// Which timestamp a topic stores (`message.timestamp.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    /// The producer's timestamp is kept.
+    CreateTime,
+    /// The broker stamps each batch with its own clock on append.
+    LogAppendTime,
+}
+
+/// Per-log settings (Kafka's topic configs of the same names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll when the active segment would grow past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment is older than this.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete closed segments whose newest record is older; -1 keeps all.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete oldest closed segments above this size; -1 keeps all.
+    pub retention_bytes: i64,
+    /// `max.message.bytes`: largest batch accepted.
+    pub max_message_bytes: usize,
+    /// `message.timestamp.type`.
+    pub timestamp_type: TimestampType,
+    /// `index.interval.bytes`: bytes of log between offset index entries.
+    pub index_interval_bytes: u64,
+    /// Whether readers see only fsynced data (the every-batch flush policy).
+    pub read_only_flushed: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            timestamp_type: TimestampType::CreateTime,
+            index_interval_bytes: 4096,
+            read_only_flushed: true,
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub base_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+    /// The broker time stamped on the batches under LogAppendTime.
+    pub log_append_time: Option<i64>,
+}
+
+/// A consistent view for reading outside the log's lock: the file of one
+/// segment and the bytes of it that may be read.
+#[derive(Debug, Clone)]
+pub struct ReadPlan {
+    file: Arc<File>,
+    start_position: u64,
+    end_position: u64,
+    offset: i64,
+    max_offset: i64,
+}
+
+impl ReadPlan {
+    /// Reads whole batches starting with the one holding the planned offset,
+    /// up to `max_bytes`, but at least one batch when `min_one` is set even if
+    /// it is larger. Batches at or beyond the high watermark are left out.
+    pub fn read(&self, max_bytes: usize, min_one: bool) -> io::Result<Bytes> {
+        let Some((pos, first)) = Segment::find_position(
+            &self.file,
+            self.start_position,
+            self.end_position,
+            self.offset,
+        )?
+        else {
+            return Ok(Bytes::new());
+        };
+        if first.base_offset >= self.max_offset {
+            return Ok(Bytes::new());
+        }
+        let available = (self.end_position - pos) as usize;
+        let want = if first.size > max_bytes {
+            if !min_one {
+                return Ok(Bytes::new());
+            }
+            first.size
+        } else {
+            max_bytes.min(available)
+        };
+        let mut buf = vec![0u8; want.min(available)];
+        self.file.read_exact_at(&mut buf, pos)?;
+        let mut keep = 0;
+        for (at, h) in batch::headers(&buf) {
+            if h.base_offset >= self.max_offset {
+                break;
+            }
+            keep = at + h.size;
+        }
+        buf.truncate(keep);
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// A partition's log.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    /// Offset up to which data is fsynced.
+    flushed_offset: i64,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering it if it was not closed
+    /// cleanly.
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let marker = dir.join(CLEAN_SHUTDOWN);
+        let clean = marker.exists();
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                std::fs::remove_file(entry.path())?;
+                continue;
+            }
+            if let Some(stem) = name.strip_suffix(".log") {
+                match stem.parse::<i64>() {
+                    Ok(base) if stem.len() == 20 => bases.push(base),
+                    _ => {
+                        warn!(file = %entry.path().display(), "ignoring unexpected file in log directory")
+                    }
+                }
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let last = bases.last().copied();
+        for base in bases {
+            let trust = clean || Some(base) != last;
+            let seg = Segment::open(dir, base, now_ms, config.index_interval_bytes, trust)?;
+            segments.insert(base, seg);
+        }
+        // A segment emptied by recovery that is not the last one is dropped so
+        // offsets stay contiguous within the remaining segments.
+        let empties: Vec<i64> = segments
+            .iter()
+            .filter(|(b, s)| s.size == 0 && Some(**b) != last)
+            .map(|(b, _)| *b)
+            .collect();
+        for b in empties {
+            if let Some(s) = segments.remove(&b) {
+                warn!(dir = %dir.display(), base = b, "removing empty closed segment");
+                s.delete()?;
+            }
+        }
+        if segments.is_empty() {
+            segments.insert(
+                0,
+                Segment::create(dir, 0, now_ms, config.index_interval_bytes)?,
+            );
+        }
+        if clean {
+            std::fs::remove_file(&marker)?;
+            segment::sync_dir(dir)?;
+        } else if let Some(active) = segments.values().next_back() {
+            // What recovery kept is what readers may see: make it durable first.
+            active.file.sync_data()?;
+        }
+        let next = segments.values().next_back().map_or(0, |s| s.next_offset);
+        let log = Self {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            flushed_offset: next,
+        };
+        debug!(
+            dir = %dir.display(),
+            clean,
+            start = log.log_start_offset(),
+            end = log.log_end_offset(),
+            "log opened"
+        );
+        Ok(log)
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Current settings.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the settings; they apply from the next append or retention pass.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    /// First offset still held.
+    pub fn log_start_offset(&self) -> i64 {
+        self.segments.values().next().map_or(0, |s| s.base)
+    }
+
+    /// Offset the next record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    /// The offset below which readers may see data.
+    pub fn high_watermark(&self) -> i64 {
+        if self.config.read_only_flushed {
+            self.flushed_offset
+        } else {
+            self.log_end_offset()
+        }
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+
+    /// Validates `records` (one or more v2 batches), assigns offsets, stamps
+    /// LogAppendTime if configured, and appends them. Nothing is written unless
+    /// every batch is valid.
+    pub fn append(
+        &mut self,
+        records: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        let mut headers: Vec<(usize, BatchHeader)> = Vec::new();
+        let mut pos = 0;
+        while pos < records.len() {
+            let rest = &records[pos..];
+            let size = batch::batch_size(rest)
+                .ok_or_else(|| Error::Corrupt("record set ends inside a batch header".into()))?;
+            if size > rest.len() {
+                return Err(Error::Corrupt(format!(
+                    "batch of {size} bytes, only {} present",
+                    rest.len()
+                )));
+            }
+            if size > self.config.max_message_bytes {
+                return Err(Error::MessageTooLarge {
+                    size,
+                    max: self.config.max_message_bytes,
+                });
+            }
+            let h = batch::validate(&rest[..size])?;
+            headers.push((pos, h));
+            pos += size;
+        }
+        if headers.is_empty() {
+            return Err(Error::Corrupt("empty record set".into()));
+        }
+        if self.should_roll(records.len() as u64, now_ms) {
+            self.roll(now_ms)?;
+        }
+        let mut next = self.log_end_offset();
+        let base_offset = next;
+        let append_time =
+            (self.config.timestamp_type == TimestampType::LogAppendTime).then_some(now_ms);
+        for (at, h) in headers.iter_mut() {
+            let b = &mut records[*at..*at + h.size];
+            batch::set_base_offset(b, next);
+            batch::set_leader_epoch(b, leader_epoch);
+            if let Some(t) = append_time {
+                batch::set_log_append_time(b, t);
+                h.max_timestamp = t;
+            }
+            h.base_offset = next;
+            h.leader_epoch = leader_epoch;
+            next = h.next_offset();
+        }
+        let seg = self.active_mut();
+        if seg.size == 0 {
+            seg.created_ms = now_ms;
+        }
+        seg.append(records, &headers)?;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time: append_time,
+        })
+    }
+
+    fn should_roll(&self, incoming: u64, now_ms: i64) -> bool {
+        let seg = self.active();
+        if seg.size == 0 {
+            return false;
+        }
+        seg.size + incoming > self.config.segment_bytes
+            || now_ms - seg.created_ms >= self.config.segment_ms
+            || seg.size + incoming > u32::MAX as u64
+            || seg.next_offset - seg.base > (i32::MAX as i64) / 2
+    }
+
+    /// Closes the active segment and starts a new one at the log end offset.
+    pub fn roll(&mut self, now_ms: i64) -> Result<()> {
+        let next = self.log_end_offset();
+        let interval = self.config.index_interval_bytes;
+        let seg = self.active_mut();
+        if seg.size == 0 {
+            return Ok(());
+        }
+        seg.close()?;
+        self.flushed_offset = self.flushed_offset.max(next);
+        let new = Segment::create(&self.dir, next, now_ms, interval)?;
+        self.segments.insert(next, new);
+        debug!(dir = %self.dir.display(), base = next, "rolled segment");
+        Ok(())
+    }
+
+    /// Rolls if the active segment is older than `segment.ms`, so time-based
+    /// retention can reach data of a partition that stopped receiving.
+    pub fn maybe_roll_idle(&mut self, now_ms: i64) -> Result<()> {
+        let seg = self.active();
+        if seg.size > 0 && now_ms - seg.created_ms >= self.config.segment_ms {
+            self.roll(now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// What a sync needs, taken under the lock: the active file and the end
+    /// offset it will cover. Do the fsync outside the lock, then call
+    /// [`Log::mark_flushed`]; concurrent producers share one fsync that way.
+    pub fn sync_target(&self) -> (Arc<File>, i64) {
+        (self.active().file.clone(), self.log_end_offset())
+    }
+
+    /// Records that everything below `offset` is durable.
+    pub fn mark_flushed(&mut self, offset: i64) {
+        self.flushed_offset = self.flushed_offset.max(offset);
+    }
+
+    /// Offset below which data is fsynced.
+    pub fn flushed_offset(&self) -> i64 {
+        self.flushed_offset
+    }
+
+    /// Fsyncs the active segment now (holding the lock).
+    pub fn sync(&mut self) -> Result<()> {
+        let (file, end) = self.sync_target();
+        file.sync_data()?;
+        self.mark_flushed(end);
+        Ok(())
+    }
+
+    /// Plans a read at `offset`. Errors with [`Error::OffsetOutOfRange`] when
+    /// the offset is below the log start or above the high watermark.
+    pub fn read_plan(&self, offset: i64) -> Result<ReadPlan> {
+        let hw = self.high_watermark();
+        if offset < self.log_start_offset() || offset > hw {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset(),
+                end: hw,
+            });
+        }
+        let seg = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map(|(_, s)| s)
+            .expect("offset at or above log start has a segment");
+        Ok(ReadPlan {
+            file: seg.file.clone(),
+            start_position: seg.index.lookup(offset).position,
+            end_position: seg.size,
+            offset,
+            max_offset: hw,
+        })
+    }
+
+    /// Reads up to `max_bytes` of whole batches from `offset` (at least one
+    /// batch when `min_one`). Convenience over [`Log::read_plan`].
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<Bytes> {
+        Ok(self.read_plan(offset)?.read(max_bytes, min_one)?)
+    }
+
+    /// The first batch whose max timestamp is at least `ts` (the batch that
+    /// holds the first record at or after `ts`), or `None`.
+    pub fn find_batch_by_timestamp(&self, ts: i64) -> Result<Option<Bytes>> {
+        let hw = self.high_watermark();
+        for seg in self.segments.values() {
+            if seg.max_timestamp < ts {
+                continue;
+            }
+            let start = seg.time_index.scan_start(ts);
+            let mut pos = seg.index.lookup(start).position;
+            let mut header = [0u8; HEADER_LEN];
+            while pos + HEADER_LEN as u64 <= seg.size {
+                seg.file.read_exact_at(&mut header, pos)?;
+                let h = batch::parse_header(&header)?;
+                if h.base_offset >= hw {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts {
+                    let mut buf = vec![0u8; h.size];
+                    seg.file.read_exact_at(&mut buf, pos)?;
+                    return Ok(Some(Bytes::from(buf)));
+                }
+                pos += h.size as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The batch holding the largest timestamp (ListOffsets MAX_TIMESTAMP).
+    pub fn find_batch_with_max_timestamp(&self) -> Result<Option<Bytes>> {
+        let Some(max) = self.segments.values().map(|s| s.max_timestamp).max() else {
+            return Ok(None);
+        };
+        if max < 0 {
+            return Ok(None);
+        }
+        self.find_batch_by_timestamp(max)
+    }
+
+    /// Deletes closed segments past `retention.ms` / `retention.bytes`.
+    /// Returns the base offsets of the deleted segments.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<Vec<i64>> {
+        let mut deleted = Vec::new();
+        let mut total = self.size_bytes() as i64;
+        while self.segments.len() > 1 {
+            let (&base, seg) = self.segments.iter().next().expect("non-empty");
+            let by_bytes = self.config.retention_bytes >= 0
+                && total - seg.size as i64 >= self.config.retention_bytes;
+            let by_time = self.config.retention_ms >= 0
+                && seg.max_timestamp >= 0
+                && now_ms - seg.max_timestamp > self.config.retention_ms;
+            if !(by_bytes || by_time) {
+                break;
+            }
+            total -= seg.size as i64;
+            let seg = self.segments.remove(&base).expect("present");
+            seg.delete()?;
+            deleted.push(base);
+        }
+        if !deleted.is_empty() {
+            info!(
+                dir = %self.dir.display(),
+                segments = deleted.len(),
+                log_start_offset = self.log_start_offset(),
+                "retention deleted segments"
+            );
+        }
+        Ok(deleted)
+    }
+
+    /// Flushes everything, writes the active segment's indexes and leaves the
+    /// clean-shutdown marker so the next open skips recovery.
+    pub fn close(&mut self) -> Result<()> {
+        self.active_mut().close()?;
+        let end = self.log_end_offset();
+        self.mark_flushed(end);
+        segment::write_synced(&self.dir.join(CLEAN_SHUTDOWN), b"")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::testing::batch;
+
+    fn cfg() -> LogConfig {
+        LogConfig {
+            segment_bytes: 4096,
+            index_interval_bytes: 256,
+            read_only_flushed: false,
+            ..LogConfig::default()
+        }
+    }
+
+    fn append_n(log: &mut Log, batches: usize, ts0: i64) -> Vec<i64> {
+        (0..batches)
+            .map(|i| {
+                let mut b = batch(3, 50, ts0 + i as i64 * 10);
+                log.append(&mut b, 0, 1_000).unwrap().base_offset
+            })
+            .collect()
+    }
+
+    fn read_all(log: &Log) -> Vec<BatchHeader> {
+        let mut out = Vec::new();
+        let mut off = log.log_start_offset();
+        while off < log.high_watermark() {
+            let bytes = log.read(off, 1000, true).unwrap();
+            assert!(!bytes.is_empty(), "no progress at {off}");
+            for (_, h) in batch::headers(&bytes) {
+                batch::validate(&bytes[..]).ok();
+                out.push(h);
+                off = h.next_offset();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn offsets_are_assigned_contiguously_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        let bases = append_n(&mut log, 100, 0);
+        assert_eq!(bases, (0..100).map(|i| i * 3).collect::<Vec<_>>());
+        assert!(log.segment_count() > 1, "4 KiB segments roll");
+        let hs = read_all(&log);
+        assert_eq!(hs.len(), 100);
+        for (i, h) in hs.iter().enumerate() {
+            assert_eq!(h.base_offset, i as i64 * 3);
+        }
+        // A read in the middle of a batch starts with that batch.
+        let b = log.read(4, 100_000, true).unwrap();
+        assert_eq!(batch::parse_header(&b).unwrap().base_offset, 3);
+    }
+
+    #[test]
+    fn rolls_at_segment_bytes_and_segment_ms() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        let one = batch(3, 50, 0).len() as u64;
+        let per_segment = 4096 / one;
+        append_n(&mut log, per_segment as usize, 0);
+        assert_eq!(log.segment_count(), 1);
+        append_n(&mut log, 1, 0);
+        assert_eq!(log.segment_count(), 2);
+
+        let mut c = cfg();
+        c.segment_ms = 100;
+        log.set_config(c);
+        let mut b = batch(1, 1, 0);
+        log.append(&mut b, 0, 1_050).unwrap();
+        assert_eq!(log.segment_count(), 2, "segment is 50 ms old");
+        let mut b = batch(1, 1, 0);
+        log.append(&mut b, 0, 1_200).unwrap();
+        assert_eq!(log.segment_count(), 3, "segment.ms elapsed");
+    }
+
+    #[test]
+    fn reopen_after_clean_close_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 50, 0);
+        let end = log.log_end_offset();
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log).len(), 50);
+    }
+
+    #[test]
+    fn recovery_truncates_a_tail_cut_at_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 4, 0);
+        let end_before_last = log.log_end_offset();
+        let mut last = batch(3, 50, 99);
+        log.append(&mut last, 0, 0).unwrap();
+        log.sync().unwrap();
+        drop(log); // a crash: no clean-shutdown marker
+        let path = segment::log_path(dir.path(), 0);
+        let full = std::fs::read(&path).unwrap();
+        let last_start = full.len() - last.len();
+        for cut in last_start..full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+            assert_eq!(log.log_end_offset(), end_before_last, "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, last_start);
+            // The log takes new appends right after the valid prefix.
+            let mut b = batch(1, 1, 0);
+            assert_eq!(
+                log.append(&mut b, 0, 0).unwrap().base_offset,
+                end_before_last
+            );
+            assert_eq!(read_all(&log).len(), 5);
+        }
+    }
+
+    #[test]
+    fn recovery_cuts_at_a_corrupt_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 5, 0);
+        drop(log);
+        let path = segment::log_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let one = batch(3, 50, 0).len();
+        bytes[2 * one + 70] ^= 0xff; // inside the third batch's records
+        std::fs::write(&path, &bytes).unwrap();
+        let log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!(log.log_end_offset(), 6);
+    }
+
+    #[test]
+    fn missing_or_bad_indexes_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 100, 0);
+        let end = log.log_end_offset();
+        log.close().unwrap();
+        drop(log);
+        let mut n = 0;
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            match p.extension().and_then(|e| e.to_str()) {
+                Some("index") if n % 2 == 0 => {
+                    std::fs::remove_file(&p).unwrap();
+                    n += 1;
+                }
+                Some("index") => {
+                    std::fs::write(&p, b"garbage").unwrap();
+                    n += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(n > 2);
+        let log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log).len(), 100);
+        for off in 0..end {
+            let b = log.read(off, 10, true).unwrap();
+            let h = batch::parse_header(&b).unwrap();
+            assert!(h.base_offset <= off && off <= h.last_offset());
+        }
+    }
+
+    #[test]
+    fn retention_by_bytes_and_time_deletes_whole_closed_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.retention_bytes = 8192;
+        let mut log = Log::open(dir.path(), c.clone(), 0).unwrap();
+        append_n(&mut log, 200, 0);
+        let end = log.log_end_offset();
+        let deleted = log.apply_retention(0).unwrap();
+        assert!(!deleted.is_empty());
+        assert!(log.size_bytes() <= 8192 + 4096);
+        assert!(log.log_start_offset() > 0);
+        assert_eq!(log.log_end_offset(), end);
+        assert!(matches!(
+            log.read(0, 100, true),
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(read_all(&log).last().unwrap().next_offset(), end);
+
+        c.retention_bytes = -1;
+        c.retention_ms = 1000;
+        log.set_config(c);
+        // The newest timestamp is 1992; at now=3000 every closed segment is past 1 s.
+        log.apply_retention(3_000).unwrap();
+        assert_eq!(log.segment_count(), 1, "only the active segment remains");
+    }
+
+    #[test]
+    fn timestamp_lookup_finds_first_batch_at_or_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        // Batch i holds timestamps 1000+10i .. 1000+10i+2.
+        append_n(&mut log, 100, 1000);
+        for (target, expect_base) in [
+            (0, 0),
+            (1000, 0),
+            (1003, 3),
+            (1010, 3),
+            (1011, 3),
+            (1013, 6),
+            (1992, 297),
+        ] {
+            let b = log.find_batch_by_timestamp(target).unwrap().unwrap();
+            assert_eq!(
+                batch::parse_header(&b).unwrap().base_offset,
+                expect_base,
+                "ts {target}"
+            );
+        }
+        assert!(log.find_batch_by_timestamp(1993).unwrap().is_none());
+        let max = log.find_batch_with_max_timestamp().unwrap().unwrap();
+        assert_eq!(batch::parse_header(&max).unwrap().base_offset, 297);
+    }
+
+    #[test]
+    fn invalid_batches_append_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        let mut good = batch(2, 5, 0);
+        let mut bad = batch(2, 5, 0);
+        bad[30] ^= 1;
+        good.extend(&bad);
+        assert!(matches!(
+            log.append(&mut good, 0, 0),
+            Err(Error::Corrupt(_))
+        ));
+        assert_eq!(log.log_end_offset(), 0);
+        let mut big = batch(1, 5000, 0);
+        assert!(matches!(
+            {
+                let mut c = cfg();
+                c.max_message_bytes = 1000;
+                log.set_config(c);
+                log.append(&mut big, 0, 0)
+            },
+            Err(Error::MessageTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn high_watermark_follows_flush_when_reads_are_flushed_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.read_only_flushed = true;
+        let mut log = Log::open(dir.path(), c, 0).unwrap();
+        append_n(&mut log, 2, 0);
+        assert_eq!(log.high_watermark(), 0);
+        assert!(log.read(0, 1000, true).unwrap().is_empty());
+        log.sync().unwrap();
+        assert_eq!(log.high_watermark(), 6);
+        assert_eq!(batch::headers(&log.read(0, 1000, true).unwrap()).count(), 2);
+    }
+
+    #[test]
+    fn log_append_time_stamps_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.timestamp_type = TimestampType::LogAppendTime;
+        let mut log = Log::open(dir.path(), c, 0).unwrap();
+        let mut b = batch(2, 5, 7);
+        let info = log.append(&mut b, 0, 55_555).unwrap();
+        assert_eq!(info.log_append_time, Some(55_555));
+        let read = log.read(0, 1000, true).unwrap();
+        let h = batch::validate(&read).unwrap();
+        assert!(h.log_append_time());
+        assert_eq!(h.max_timestamp, 55_555);
+    }
+}
