@@ -285,7 +285,8 @@ class DeliveryLog:
 
 
 def produce_confluent(producer: Producer, topic: str, records: Sequence[Record], flush_timeout: float = 120.0) -> DeliveryLog:
-    """Produce ``records`` in order; return the offsets/timestamps the broker acked."""
+    """Produce ``records`` in order; return the offsets/timestamps the broker
+    acked, by position in ``records``."""
     log = DeliveryLog(offsets=[-1] * len(records), timestamps=[(0, 0)] * len(records))
 
     def on_delivery(index: int):
@@ -300,7 +301,7 @@ def produce_confluent(producer: Producer, topic: str, records: Sequence[Record],
                 log.timestamps[index] = msg.timestamp()
         return cb
 
-    for r in records:
+    for i, r in enumerate(records):
         while True:
             try:
                 producer.produce(
@@ -310,12 +311,12 @@ def produce_confluent(producer: Producer, topic: str, records: Sequence[Record],
                     headers=list(r.headers),
                     partition=r.partition,
                     timestamp=r.timestamp,
-                    on_delivery=on_delivery(r.index),
+                    on_delivery=on_delivery(i),
                 )
                 break
             except BufferError:
                 producer.poll(0.05)
-        if r.index % 1000 == 0:
+        if i % 1000 == 0:
             producer.poll(0)
     remaining = producer.flush(flush_timeout)
     assert remaining == 0, f"{remaining} messages still undelivered after {flush_timeout}s"

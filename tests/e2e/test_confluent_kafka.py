@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from e2e_support import (
@@ -31,8 +31,12 @@ def test_roundtrip_100k_keyed_messages(broker, create_topic, codec):
 
     producer = Producer(producer_config(broker.bootstrap, **{"compression.type": codec}))
     acks = produce_confluent(producer, topic, records)
-    assert all(t == (1, r.timestamp) for t, r in zip(acks.timestamps, records)), (
-        "delivery reports should carry the CreateTime the producer set"
+    wrong = [(r.index, t, r.timestamp) for t, r in zip(acks.timestamps, records)
+             if t != (TIMESTAMP_CREATE_TIME, r.timestamp)]
+    assert not wrong, (
+        f"{len(wrong)} delivery reports do not carry the CreateTime the producer set; "
+        f"first (index, (type, ts), produced ts): {wrong[:3]} (type 2 = LogAppendTime: the produce "
+        "response must have log_append_time_ms = -1 for CreateTime topics)"
     )
 
     per_partition = {p: sum(r.partition == p for r in records) for p in range(PARTITIONS)}

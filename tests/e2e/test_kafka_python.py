@@ -20,7 +20,6 @@ def produce(bootstrap: str, topic: str, records, codec: str) -> list[int]:
         compression_type=None if codec == "none" else codec,
         linger_ms=5,
         batch_size=256 * 1024,
-        buffer_memory=256 * 1024 * 1024,
     )
     try:
         futures = [

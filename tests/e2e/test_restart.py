@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
@@ -35,9 +37,10 @@ def test_restart_keeps_everything(broker, create_topic):
     # Appends after the restart continue the offsets; restart once more.
     more = make_workload(3_000, PARTITIONS, tag="restart", seed=56,
                          base_timestamp=max(r.timestamp for r in first) + 1000)
-    both = first + [r.__class__(len(first) + r.index, r.partition, r.key, r.value, r.headers, r.timestamp) for r in more]
+    more = [replace(r, index=len(first) + r.index) for r in more]
+    both = first + more
     producer = Producer(producer_config(broker.bootstrap))
-    acks_more = produce_confluent(producer, topic, both[len(first):])
+    acks_more = produce_confluent(producer, topic, more)
     for r, offset in zip(more, acks_more.offsets):
         assert offset >= before[r.partition][1], f"offset {offset} reused after restart (p{r.partition})"
 

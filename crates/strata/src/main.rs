@@ -1,1 +1,257 @@
-fn main() {}
+//! The `strata` binary: configuration, logging, listeners and the process
+//! lifecycle around the broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use strata_broker::{server, Broker, BrokerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+mod http;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata",
+    version,
+    about = "A Kafka-compatible streaming broker whose log is a streaming data lake"
+)]
+struct Cli {
+    /// Log output format (stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STRATA_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a broker.
+    Serve(ServeArgs),
+}
+
+/// Flags that override the config file (which overrides the defaults).
+#[derive(Parser, Debug, Default)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for logs and metadata [default: ./data].
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Kafka listener address [default: 127.0.0.1:9092].
+    #[arg(long, env = "STRATA_KAFKA_LISTEN")]
+    kafka_listen: Option<String>,
+    /// Address clients are told to connect to [default: the bound address].
+    #[arg(long, env = "STRATA_ADVERTISED_LISTENER")]
+    advertised_listener: Option<String>,
+    /// HTTP listener address (health) [default: 127.0.0.1:9644].
+    #[arg(long, env = "STRATA_HTTP_LISTEN")]
+    http_listen: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => {
+            let config = load_config(&args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("strata")
+                .build()?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Defaults, then the TOML file, then environment variables and flags.
+fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            parse_config(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    if let Some(v) = &args.data_dir {
+        config.data_dir = v.clone();
+    }
+    if let Some(v) = &args.kafka_listen {
+        config.kafka_listen = v.clone();
+    }
+    if let Some(v) = &args.advertised_listener {
+        config.advertised_listener = Some(v.clone());
+    }
+    if let Some(v) = &args.http_listen {
+        config.http_listen = v.clone();
+    }
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    Ok(config)
+}
+
+fn parse_config(text: &str) -> Result<BrokerConfig> {
+    Ok(toml::from_str(text)?)
+}
+
+/// Splits `host:port`, accepting `[v6]:port`.
+fn split_host_port(addr: &str) -> Result<(String, i32)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("'{addr}' is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("'{addr}' has no valid port"))?;
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port as i32,
+    ))
+}
+
+async fn serve(config: BrokerConfig) -> Result<()> {
+    let kafka = TcpListener::bind(&config.kafka_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (kafka_listen)", config.kafka_listen))?;
+    let kafka_addr: SocketAddr = kafka.local_addr()?;
+    let http = TcpListener::bind(&config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http_listen)", config.http_listen))?;
+    let http_addr = http.local_addr()?;
+    let (adv_host, adv_port) = match &config.advertised_listener {
+        Some(a) => split_host_port(a)?,
+        None if kafka_addr.ip().is_unspecified() => {
+            bail!("kafka_listen {kafka_addr} binds every interface: set --advertised-listener to the address clients should use")
+        }
+        None => (kafka_addr.ip().to_string(), kafka_addr.port() as i32),
+    };
+
+    let data_dir = config.data_dir.clone();
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+        .await?
+        .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
+    broker.set_advertised(adv_host.clone(), adv_port);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(http, ready.clone(), shutdown.clone()));
+    let background = tokio::spawn(server::background(broker.clone(), shutdown.clone()));
+    let kafka_task = tokio::spawn(server::serve(broker.clone(), kafka, shutdown.clone()));
+    ready.store(true, Ordering::SeqCst);
+
+    // Scripts and tests read these lines to learn the bound ports.
+    println!("kafka listening on {kafka_addr}");
+    println!("http listening on {http_addr}");
+    info!(kafka = %kafka_addr, advertised = %format!("{adv_host}:{adv_port}"), http = %http_addr, data_dir = %data_dir.display(), "strata is serving");
+
+    wait_for_signal().await;
+    info!("shutting down: finishing in-flight requests");
+    ready.store(false, Ordering::SeqCst);
+    shutdown.cancel();
+    if let Err(e) = kafka_task.await {
+        warn!(error = %e, "kafka listener task failed");
+    }
+    let _ = background.await;
+    let _ = http_task.await;
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.close()).await?;
+    info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_config_keys_are_errors() {
+        assert!(parse_config("no_such_key = 1").is_err());
+        assert!(parse_config("[log]\nflush = \"sometimes\"").is_err());
+        let c = parse_config(
+            "auto_create_topics = true\n[log]\nflush = \"os\"\nsegment_bytes = 1048576",
+        )
+        .unwrap();
+        assert!(c.auto_create_topics);
+        assert_eq!(c.log.segment_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strata.toml");
+        std::fs::write(
+            &file,
+            "kafka_listen = \"127.0.0.1:1111\"\ndata_dir = \"/from/file\"",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            kafka_listen: Some("127.0.0.1:2222".into()),
+            ..ServeArgs::default()
+        };
+        let c = load_config(&args).unwrap();
+        assert_eq!(c.kafka_listen, "127.0.0.1:2222");
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strata.toml");
+        std::fs::write(&file, "[log]\nsegment_bytes = 3").unwrap();
+        let err = load_config(&ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("segment.bytes"), "{err:#}");
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            split_host_port("broker-0.strata:9092").unwrap(),
+            ("broker-0.strata".into(), 9092)
+        );
+        assert_eq!(split_host_port("[::1]:9092").unwrap(), ("::1".into(), 9092));
+        assert!(split_host_port("nohost").is_err());
+    }
+}

@@ -30,6 +30,9 @@ async function main() {
     socketFactory: socketFactory(),
     brokers: [bootstrap],
     clientId: 'strata-e2e-kafkajs-fetch',
+    connectionTimeout: 10000,
+    requestTimeout: 30000,
+    enforceRequestTimeout: true,
     allowAutoTopicCreation: false,
   })
   await cluster.connect()

@@ -1,0 +1,148 @@
+//! Broker configuration: typed, with defaults as named values, validated once.
+//!
+//! The binary layers a TOML file, environment variables and CLI flags over
+//! these defaults; unknown keys are an error (`deny_unknown_fields`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use strata_log::{LogConfig, TimestampType};
+
+/// When the log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushPolicy {
+    /// Fsync before acknowledging every produce (group commit across
+    /// concurrent producers). Consumers see only fsynced data.
+    EveryBatch,
+    /// Fsync every `flush_interval_ms`; an acknowledged produce can be lost by
+    /// a power failure within that window.
+    Interval,
+    /// Leave it to the OS (fsync only at segment roll and shutdown).
+    Os,
+}
+
+/// Broker-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// This broker's id in the cluster.
+    pub node_id: i32,
+    /// Where logs and metadata live.
+    pub data_dir: PathBuf,
+    /// Address the Kafka listener binds.
+    pub kafka_listen: String,
+    /// Address given to clients in Metadata; the bound address when unset.
+    pub advertised_listener: Option<String>,
+    /// Address of the HTTP listener (health).
+    pub http_listen: String,
+    /// Create a topic when a client asks Metadata for one that is missing.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics with -1.
+    pub default_partitions: i32,
+    /// Largest request frame accepted (`socket.request.max.bytes`).
+    pub socket_request_max_bytes: usize,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How often retention and idle segment rolls run.
+    pub retention_check_interval_ms: u64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout_ms: u64,
+    /// Log defaults, overridable per topic.
+    pub log: LogDefaults,
+}
+
+/// Broker-level defaults of the per-topic log settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogDefaults {
+    /// `segment.bytes`.
+    pub segment_bytes: u64,
+    /// `segment.ms`.
+    pub segment_ms: i64,
+    /// `retention.ms` (-1: no limit).
+    pub retention_ms: i64,
+    /// `retention.bytes` (-1: no limit).
+    pub retention_bytes: i64,
+    /// `max.message.bytes`.
+    pub max_message_bytes: usize,
+    /// `message.timestamp.type`: `CreateTime` or `LogAppendTime`.
+    pub message_timestamp_type: String,
+    /// `index.interval.bytes`.
+    pub index_interval_bytes: u64,
+    /// When to fsync.
+    pub flush: FlushPolicy,
+    /// Period of the `interval` flush policy.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            data_dir: PathBuf::from("./data"),
+            kafka_listen: "127.0.0.1:9092".into(),
+            advertised_listener: None,
+            http_listen: "127.0.0.1:9644".into(),
+            auto_create_topics: false,
+            default_partitions: 1,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            retention_check_interval_ms: 300_000,
+            shutdown_timeout_ms: 10_000,
+            log: LogDefaults::default(),
+        }
+    }
+}
+
+impl Default for LogDefaults {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Self {
+            segment_bytes: log.segment_bytes,
+            segment_ms: log.segment_ms,
+            retention_ms: log.retention_ms,
+            retention_bytes: log.retention_bytes,
+            max_message_bytes: log.max_message_bytes,
+            message_timestamp_type: "CreateTime".into(),
+            index_interval_bytes: log.index_interval_bytes,
+            flush: FlushPolicy::EveryBatch,
+            flush_interval_ms: 1000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks values that types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id < 0 {
+            return Err(format!("node_id must be >= 0, got {}", self.node_id));
+        }
+        if self.default_partitions < 1 {
+            return Err(format!(
+                "default_partitions must be >= 1, got {}",
+                self.default_partitions
+            ));
+        }
+        if self.socket_request_max_bytes < 1024 {
+            return Err("socket_request_max_bytes must be at least 1024".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.log.flush == FlushPolicy::Interval && self.log.flush_interval_ms == 0 {
+            return Err("log.flush_interval_ms must be > 0 with flush = \"interval\"".into());
+        }
+        // The topic-level validation covers the rest of [log].
+        crate::topic_config::TopicConfig::default()
+            .resolve(&self.log)
+            .map(|_| ())
+            .map_err(|e| format!("[log]: {e}"))
+    }
+}
+
+impl LogDefaults {
+    pub(crate) fn timestamp_type(&self) -> Result<TimestampType, String> {
+        crate::topic_config::parse_timestamp_type(&self.message_timestamp_type)
+    }
+}

@@ -1,0 +1,98 @@
+//! The one place where internal errors become Kafka error codes.
+
+use kafka_protocol::ResponseError;
+use tracing::error;
+
+/// An error to send to a client: a Kafka error code and a message saying what
+/// to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The Kafka error.
+    pub code: ResponseError,
+    /// Human-readable detail (sent where the protocol has a message field).
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a message.
+    pub fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The topic does not exist.
+    pub fn unknown_topic(name: &str) -> Self {
+        Self::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic '{name}' does not exist"),
+        )
+    }
+
+    /// A storage failure: logged here, reported as KAFKA_STORAGE_ERROR.
+    pub fn storage(e: impl std::fmt::Display) -> Self {
+        error!(error = %e, "storage operation failed");
+        Self::new(
+            ResponseError::KafkaStorageError,
+            format!("storage error: {e}"),
+        )
+    }
+
+    /// A bug or a panicked task: logged here, reported as UNKNOWN_SERVER_ERROR.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        error!(error = %e, "internal error");
+        Self::new(
+            ResponseError::UnknownServerError,
+            format!("internal error: {e}"),
+        )
+    }
+
+    /// The numeric code.
+    pub fn code(&self) -> i16 {
+        self.code.code()
+    }
+}
+
+impl From<strata_log::Error> for ApiError {
+    fn from(e: strata_log::Error) -> Self {
+        use strata_log::Error as E;
+        match &e {
+            E::Corrupt(_) => Self::new(ResponseError::CorruptMessage, e.to_string()),
+            E::InvalidRecord(_) => Self::new(ResponseError::InvalidRecord, e.to_string()),
+            E::UnsupportedMagic(_) => {
+                Self::new(ResponseError::UnsupportedForMessageFormat, e.to_string())
+            }
+            E::MessageTooLarge { .. } => Self::new(ResponseError::MessageTooLarge, e.to_string()),
+            E::OffsetOutOfRange { .. } => Self::new(ResponseError::OffsetOutOfRange, e.to_string()),
+            E::Io(_) => Self::storage(&e),
+            _ => Self::internal(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_errors_map_to_what_a_java_broker_sends() {
+        let cases: [(strata_log::Error, i16); 5] = [
+            (strata_log::Error::Corrupt("crc".into()), 2),
+            (strata_log::Error::InvalidRecord("count".into()), 87),
+            (strata_log::Error::MessageTooLarge { size: 2, max: 1 }, 10),
+            (
+                strata_log::Error::OffsetOutOfRange {
+                    offset: 9,
+                    start: 0,
+                    end: 1,
+                },
+                1,
+            ),
+            (strata_log::Error::UnsupportedMagic(1), 43),
+        ];
+        for (e, code) in cases {
+            assert_eq!(ApiError::from(e).code(), code);
+        }
+    }
+}

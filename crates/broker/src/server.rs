@@ -1,0 +1,276 @@
+//! The Kafka listener: accepts connections, splits each into a reader that
+//! decodes and applies requests in order and a writer that sends replies in
+//! the same order.
+//!
+//! Bad input closes only the connection that sent it: an oversized or garbage
+//! frame, an unknown API key or an unsupported version (but ApiVersions, which
+//! is answered with UNSUPPORTED_VERSION as Kafka does). Every close is logged.
+//!
+//! Shutdown: when the token is cancelled the listener stops accepting, readers
+//! stop reading new requests, writers finish the replies already in flight,
+//! and [`serve`] returns once every connection has ended or the deadline passed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use kafka_protocol::ResponseError;
+use strata_wire::{encode_response, parse_request, Error as WireError, FrameDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::handlers::{self, Reply};
+use crate::state::Broker;
+
+/// Replies a connection may have in flight before its reader waits.
+const MAX_IN_FLIGHT: usize = 128;
+
+type ReplyFuture = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
+
+enum Outgoing {
+    Ready(Bytes),
+    Pending {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        reply: ReplyFuture,
+    },
+}
+
+/// Serves Kafka clients on `listener` until `shutdown` is cancelled.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(broker.config().max_connections));
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let broker = broker.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    connection(broker, stream, peer, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let deadline = Duration::from_millis(broker.config().shutdown_timeout_ms);
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            connections = tracker.len(),
+            "connections still open at the shutdown deadline"
+        );
+    }
+}
+
+async fn connection(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    debug!(%peer, "connection opened");
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_loop(wr, rx, peer));
+    let decoder = FrameDecoder::new(broker.config().socket_request_max_bytes);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    'conn: loop {
+        loop {
+            let frame = match decoder.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(%peer, error = %e, "closing connection: bad frame");
+                    break 'conn;
+                }
+            };
+            match dispatch(&broker, frame, peer).await {
+                Some(out) => {
+                    if tx.send(out).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                None => break 'conn,
+            }
+        }
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = rd.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) => {
+                if !buf.is_empty() {
+                    warn!(%peer, bytes = buf.len(), "connection closed inside a frame");
+                }
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(%peer, error = %e, "read failed");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    debug!(%peer, "connection closed");
+}
+
+/// Decodes and applies one request. `None` closes the connection.
+async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Option<Outgoing> {
+    let request = match parse_request(frame, handlers::supported_versions) {
+        Ok(r) => r,
+        Err(WireError::UnsupportedVersion {
+            api_key: ApiKey::ApiVersions,
+            version,
+            correlation_id,
+        }) => {
+            // Kafka answers a too-new ApiVersions with v0 and its ranges, so
+            // the client can retry with a version both sides know.
+            debug!(%peer, version, "ApiVersions version unsupported; answering v0");
+            let mut resp = handlers::api_versions();
+            resp.error_code = ResponseError::UnsupportedVersion.code();
+            let bytes = encode_response(
+                ApiKey::ApiVersions,
+                0,
+                correlation_id,
+                &ResponseKind::ApiVersions(resp),
+            )
+            .ok()?;
+            return Some(Outgoing::Ready(bytes));
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, "closing connection: request cannot be answered");
+            return None;
+        }
+    };
+    let api_key = request.api_key;
+    let version = request.version();
+    let correlation_id = request.header.correlation_id;
+    let client_id = request
+        .header
+        .client_id
+        .as_deref()
+        .unwrap_or("")
+        .to_string();
+    let span =
+        tracing::debug_span!("request", api = ?api_key, version, client_id = %client_id, %peer);
+    let reply = handlers::handle(broker, request.body, version)
+        .instrument(span)
+        .await;
+    let reply: ReplyFuture = match reply {
+        Reply::Now(body) => {
+            return match encode_response(api_key, version, correlation_id, &body) {
+                Ok(b) => Some(Outgoing::Ready(b)),
+                Err(e) => {
+                    error!(%peer, error = %e, "cannot encode response");
+                    None
+                }
+            };
+        }
+        Reply::Later(fut) => fut,
+        Reply::Nothing => return Some(Outgoing::Ready(Bytes::new())),
+        Reply::Close(why) => {
+            warn!(%peer, api = ?api_key, version, reason = %why, "closing connection");
+            return None;
+        }
+    };
+    Some(Outgoing::Pending {
+        api_key,
+        version,
+        correlation_id,
+        reply,
+    })
+}
+
+async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
+    let mut out = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(next) = rx.recv().await {
+        let bytes = match next {
+            Outgoing::Ready(b) => b,
+            Outgoing::Pending {
+                api_key,
+                version,
+                correlation_id,
+                reply,
+            } => {
+                let body = reply.await;
+                match encode_response(api_key, version, correlation_id, &body) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        error!(%peer, error = %e, "cannot encode response");
+                        break;
+                    }
+                }
+            }
+        };
+        if !bytes.is_empty() && out.write_all(&bytes).await.is_err() {
+            break;
+        }
+        if rx.is_empty() && out.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = out.flush().await;
+    let _ = out.shutdown().await;
+}
+
+/// Runs retention and (for the interval policy) periodic flushes until cancelled.
+pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let retention = Duration::from_millis(broker.config().retention_check_interval_ms.max(10));
+    let flush_policy = broker.config().log.flush;
+    let flush = Duration::from_millis(broker.config().log.flush_interval_ms.max(1));
+    let mut retention_tick = tokio::time::interval(retention);
+    let mut flush_tick = tokio::time::interval(flush);
+    retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = retention_tick.tick() => {
+                let b = broker.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || b.enforce_retention()).await {
+                    error!(error = %e, "retention task failed");
+                }
+            }
+            _ = flush_tick.tick(), if flush_policy == crate::config::FlushPolicy::Interval => {
+                let b = broker.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || b.flush_all()).await {
+                    error!(error = %e, "flush task failed");
+                }
+            }
+        }
+    }
+    info!("background tasks stopped");
+}

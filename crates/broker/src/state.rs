@@ -1,0 +1,642 @@
+//! The partition registry: topics, their partitions and logs, and the topic
+//! operations (create, delete, add partitions, change configs).
+//!
+//! Order of effects, so a crash leaves a state a restart understands:
+//! - create: metadata committed first, then partition directories; a
+//!   directory without a topic in the metadata is removed at start-up.
+//! - delete: metadata committed first, then directories renamed to
+//!   `*-delete` and removed; leftovers are removed at start-up.
+//! Each partition directory holds `partition.metadata` with its topic id, so a
+//! directory of a deleted topic is never adopted by a new topic of that name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kafka_protocol::ResponseError;
+use strata_log::{AppendInfo, Log, LogConfig};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::config::{BrokerConfig, FlushPolicy};
+use crate::error::ApiError;
+use crate::metadata::{FileMetadataStore, MetadataStore, TopicRecord};
+use crate::topic_config::TopicConfig;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const PARTITION_METADATA: &str = "partition.metadata";
+const MAX_TOPIC_NAME: usize = 249;
+
+/// Checks a topic name the way Kafka does.
+pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
+    let bad = |why: String| Err(ApiError::new(ResponseError::InvalidTopicException, why));
+    if name.is_empty() {
+        return bad("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return bad(format!("topic name cannot be '{name}'"));
+    }
+    if name.len() > MAX_TOPIC_NAME {
+        return bad(format!(
+            "topic name is {} characters, the limit is {MAX_TOPIC_NAME}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return bad(format!(
+            "topic name '{name}' has illegal character '{c}': use ASCII letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// One partition: its log and the state around it.
+#[derive(Debug)]
+pub struct Partition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub index: i32,
+    /// Leader epoch (constant on one broker, carried for the cluster model).
+    pub leader_epoch: i32,
+    log: Mutex<Log>,
+    /// Serializes fsyncs so concurrent producers share one (group commit).
+    sync_lock: Mutex<()>,
+    flush: FlushPolicy,
+}
+
+/// Offsets of a partition at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// First offset held.
+    pub log_start: i64,
+    /// Next offset to be written.
+    pub log_end: i64,
+    /// Readers see offsets below this.
+    pub high_watermark: i64,
+    /// Bytes on local disk.
+    pub size_bytes: u64,
+}
+
+impl Partition {
+    /// Runs `f` with the log locked.
+    pub fn with_log<T>(&self, f: impl FnOnce(&mut Log) -> T) -> T {
+        let mut log = self.log.lock().expect("log lock poisoned");
+        f(&mut log)
+    }
+
+    /// Current offsets.
+    pub fn offsets(&self) -> PartitionOffsets {
+        self.with_log(|l| PartitionOffsets {
+            log_start: l.log_start_offset(),
+            log_end: l.log_end_offset(),
+            high_watermark: l.high_watermark(),
+            size_bytes: l.size_bytes(),
+        })
+    }
+
+    /// Appends a produce request's records. Blocking (file I/O).
+    pub fn append(&self, records: &mut [u8]) -> Result<AppendInfo, strata_log::Error> {
+        let epoch = self.leader_epoch;
+        self.with_log(|l| l.append(records, epoch, now_ms()))
+    }
+
+    /// Makes everything below `offset` durable, sharing the fsync with
+    /// concurrent callers. Blocking.
+    pub fn sync_to(&self, offset: i64) -> Result<(), strata_log::Error> {
+        let _turn = self.sync_lock.lock().expect("sync lock poisoned");
+        let (file, end) = self
+            .with_log(|l| {
+                if l.flushed_offset() >= offset {
+                    None
+                } else {
+                    Some(l.sync_target())
+                }
+            })
+            .map_or((None, 0), |(f, e)| (Some(f), e));
+        if let Some(file) = file {
+            file.sync_data()?;
+            self.with_log(|l| l.mark_flushed(end));
+        }
+        Ok(())
+    }
+
+    /// Whether produce waits for an fsync.
+    pub fn flush_every_batch(&self) -> bool {
+        self.flush == FlushPolicy::EveryBatch
+    }
+}
+
+/// A topic and its partitions.
+#[derive(Debug)]
+pub struct Topic {
+    /// Name.
+    pub name: String,
+    /// Id given at creation.
+    pub id: Uuid,
+    configs: RwLock<TopicConfig>,
+    partitions: RwLock<Vec<Arc<Partition>>>,
+}
+
+impl Topic {
+    /// A partition by index.
+    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        if index < 0 {
+            return None;
+        }
+        self.partitions
+            .read()
+            .expect("partitions lock")
+            .get(index as usize)
+            .cloned()
+    }
+
+    /// All partitions.
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions.read().expect("partitions lock").clone()
+    }
+
+    /// Partition count.
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.read().expect("partitions lock").len() as i32
+    }
+
+    /// Config overrides.
+    pub fn configs(&self) -> TopicConfig {
+        self.configs.read().expect("configs lock").clone()
+    }
+}
+
+/// The broker's state: topics and the shared machinery around them.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    store: Arc<dyn MetadataStore>,
+    cluster_id: String,
+    logs_dir: PathBuf,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes topic operations.
+    admin: tokio::sync::Mutex<()>,
+    /// Woken whenever a high watermark advances (fetch long polls wait here).
+    pub(crate) data_available: Notify,
+    advertised: RwLock<(String, i32)>,
+}
+
+impl Broker {
+    /// Opens the data directory: metadata, then every partition's log
+    /// (recovering those not closed cleanly). Blocking.
+    pub fn open(config: BrokerConfig) -> anyhow::Result<Arc<Self>> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let store = FileMetadataStore::open(&config.data_dir.join("meta"))?;
+        let image = store.image();
+        let logs_dir = config.data_dir.join("logs");
+        std::fs::create_dir_all(&logs_dir)?;
+        let broker = Self {
+            cluster_id: image.cluster_id.clone(),
+            logs_dir,
+            topics: RwLock::new(HashMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+            data_available: Notify::new(),
+            advertised: RwLock::new((String::new(), 0)),
+            store: Arc::new(store),
+            config,
+        };
+        broker.remove_stale_dirs(&image.topics)?;
+        let mut topics = HashMap::new();
+        for rec in image.topics.values() {
+            let topic = broker.open_topic(rec)?;
+            topics.insert(rec.name.clone(), topic);
+        }
+        info!(
+            topics = topics.len(),
+            cluster_id = %broker.cluster_id,
+            "metadata and logs loaded"
+        );
+        *broker.topics.write().expect("topics lock") = topics;
+        Ok(Arc::new(broker))
+    }
+
+    fn remove_stale_dirs(
+        &self,
+        topics: &std::collections::BTreeMap<String, TopicRecord>,
+    ) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.logs_dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let keep = name.rsplit_once('-').and_then(|(topic, p)| {
+                let p: i32 = p.parse().ok()?;
+                let rec = topics.get(topic)?;
+                let id = std::fs::read_to_string(path.join(PARTITION_METADATA)).ok()?;
+                (p < rec.partitions && id.trim() == rec.id.to_string()).then_some(())
+            });
+            if keep.is_none() {
+                warn!(dir = %path.display(), "removing partition directory that no topic owns");
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
+        self.logs_dir.join(format!("{topic}-{index}"))
+    }
+
+    fn open_partition(
+        &self,
+        rec: &TopicRecord,
+        log_config: &LogConfig,
+        index: i32,
+    ) -> anyhow::Result<Arc<Partition>> {
+        let dir = self.partition_dir(&rec.name, index);
+        let marker = dir.join(PARTITION_METADATA);
+        let fresh = !marker.exists();
+        let log = Log::open(&dir, log_config.clone(), now_ms())?;
+        if fresh {
+            write_file_synced(&marker, rec.id.to_string().as_bytes())?;
+        }
+        Ok(Arc::new(Partition {
+            topic: rec.name.clone(),
+            index,
+            leader_epoch: rec.leader_epochs.get(index as usize).copied().unwrap_or(0),
+            log: Mutex::new(log),
+            sync_lock: Mutex::new(()),
+            flush: self.config.log.flush,
+        }))
+    }
+
+    fn open_topic(&self, rec: &TopicRecord) -> anyhow::Result<Arc<Topic>> {
+        let configs = TopicConfig(rec.configs.clone());
+        let log_config = configs
+            .resolve(&self.config.log)
+            .map_err(anyhow::Error::msg)?;
+        let partitions = (0..rec.partitions)
+            .map(|i| self.open_partition(rec, &log_config, i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Arc::new(Topic {
+            name: rec.name.clone(),
+            id: rec.id,
+            configs: RwLock::new(configs),
+            partitions: RwLock::new(partitions),
+        }))
+    }
+
+    /// Broker settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Cluster id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// This broker's id.
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    /// Host and port given to clients.
+    pub fn advertised(&self) -> (String, i32) {
+        self.advertised.read().expect("advertised lock").clone()
+    }
+
+    /// Sets the host and port given to clients (once the listener is bound).
+    pub fn set_advertised(&self, host: String, port: i32) {
+        *self.advertised.write().expect("advertised lock") = (host, port);
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    /// A topic by id.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+
+    /// All topics, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Wakes fetches waiting for data.
+    pub fn notify_data(&self) {
+        self.data_available.notify_waiters();
+    }
+
+    /// Creates a topic. With `validate_only`, checks everything and changes nothing.
+    pub async fn create_topic(
+        self: &Arc<Self>,
+        name: &str,
+        partitions: i32,
+        configs: TopicConfig,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, ApiError> {
+        validate_topic_name(name)?;
+        let partitions = if partitions == -1 {
+            self.config.default_partitions
+        } else {
+            partitions
+        };
+        if partitions < 1 {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!("number of partitions must be at least 1, got {partitions}"),
+            ));
+        }
+        if partitions > 100_000 {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!("{partitions} partitions is more than this broker allows (100000)"),
+            ));
+        }
+        let log_config = configs
+            .resolve(&self.config.log)
+            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
+        let _admin = self.admin.lock().await;
+        if self.topic(name).is_some() {
+            return Err(ApiError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic '{name}' already exists"),
+            ));
+        }
+        let rec = TopicRecord {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            leader_epochs: vec![0; partitions as usize],
+            configs: configs.0.clone(),
+        };
+        if validate_only {
+            return Ok(Arc::new(Topic {
+                name: rec.name,
+                id: rec.id,
+                configs: RwLock::new(configs),
+                partitions: RwLock::new(Vec::new()),
+            }));
+        }
+        let this = self.clone();
+        let topic = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Topic>> {
+            this.store.put_topic(rec.clone())?;
+            let parts = (0..rec.partitions)
+                .map(|i| this.open_partition(&rec, &log_config, i))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok(Arc::new(Topic {
+                name: rec.name.clone(),
+                id: rec.id,
+                configs: RwLock::new(configs),
+                partitions: RwLock::new(parts),
+            }))
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::storage)?;
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), topic.clone());
+        info!(topic = name, partitions, id = %topic.id, "topic created");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<Uuid, ApiError> {
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| ApiError::unknown_topic(name))?;
+        let this = self.clone();
+        let name_owned = name.to_string();
+        let parts = topic.partitions();
+        let id = topic.id;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            this.store.delete_topic(&name_owned)?;
+            this.topics.write().expect("topics lock").remove(&name_owned);
+            for p in &parts {
+                let dir = this.partition_dir(&name_owned, p.index);
+                let doomed = this.logs_dir.join(format!("{name_owned}-{}.{id}-delete", p.index));
+                if let Err(e) = std::fs::rename(&dir, &doomed) {
+                    warn!(dir = %dir.display(), error = %e, "cannot rename deleted partition");
+                    continue;
+                }
+                if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                    warn!(dir = %doomed.display(), error = %e, "cannot remove deleted partition; removed at next start");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::storage)?;
+        self.notify_data();
+        info!(topic = name, %id, "topic deleted");
+        Ok(id)
+    }
+
+    /// Raises a topic's partition count to `count`.
+    pub async fn create_partitions(
+        self: &Arc<Self>,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| ApiError::unknown_topic(name))?;
+        let current = topic.partition_count();
+        if count <= current {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "topic '{name}' has {current} partitions; the new count {count} must be larger"
+                ),
+            ));
+        }
+        if count > 100_000 {
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!("{count} partitions is more than this broker allows (100000)"),
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let this = self.clone();
+        let topic2 = topic.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let configs = topic2.configs();
+            let log_config = configs
+                .resolve(&this.config.log)
+                .map_err(anyhow::Error::msg)?;
+            let rec = TopicRecord {
+                name: topic2.name.clone(),
+                id: topic2.id,
+                partitions: count,
+                leader_epochs: vec![0; count as usize],
+                configs: configs.0.clone(),
+            };
+            this.store.put_topic(rec.clone())?;
+            let mut parts = topic2.partitions.write().expect("partitions lock");
+            for i in current..count {
+                parts.push(this.open_partition(&rec, &log_config, i)?);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::storage)?;
+        info!(topic = name, from = current, to = count, "partitions added");
+        Ok(())
+    }
+
+    /// Replaces a topic's config overrides.
+    pub async fn set_topic_configs(
+        self: &Arc<Self>,
+        name: &str,
+        configs: TopicConfig,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        let log_config = configs
+            .resolve(&self.config.log)
+            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| ApiError::unknown_topic(name))?;
+        if validate_only {
+            return Ok(());
+        }
+        let rec = TopicRecord {
+            name: topic.name.clone(),
+            id: topic.id,
+            partitions: topic.partition_count(),
+            leader_epochs: topic.partitions().iter().map(|p| p.leader_epoch).collect(),
+            configs: configs.0.clone(),
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put_topic(rec))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::storage)?;
+        *topic.configs.write().expect("configs lock") = configs;
+        for p in topic.partitions() {
+            p.with_log(|l| l.set_config(log_config.clone()));
+        }
+        info!(topic = name, "topic configs changed");
+        Ok(())
+    }
+
+    /// One retention pass over every partition: idle rolls, then deletion of
+    /// expired segments. Blocking.
+    pub fn enforce_retention(&self) {
+        let now = now_ms();
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                let res = p.with_log(|l| {
+                    l.maybe_roll_idle(now)?;
+                    l.apply_retention(now)
+                });
+                if let Err(e) = res {
+                    warn!(topic = %p.topic, partition = p.index, error = %e, "retention pass failed");
+                }
+            }
+        }
+    }
+
+    /// Fsyncs every partition (the interval flush policy). Blocking.
+    pub fn flush_all(&self) {
+        let mut advanced = false;
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                let end = p.offsets().log_end;
+                match p.sync_to(end) {
+                    Ok(()) => advanced = true,
+                    Err(e) => {
+                        warn!(topic = %p.topic, partition = p.index, error = %e, "flush failed")
+                    }
+                }
+            }
+        }
+        if advanced {
+            self.notify_data();
+        }
+    }
+
+    /// Flushes and closes every log, leaving clean-shutdown markers. Blocking.
+    pub fn close(&self) {
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                if let Err(e) = p.with_log(|l| l.close()) {
+                    warn!(topic = %p.topic, partition = p.index, error = %e, "closing log failed");
+                }
+            }
+        }
+        info!("logs flushed and closed");
+    }
+}
+
+fn write_file_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for ok in ["orders", "a.b_c-d", "__internal", &"x".repeat(249)] {
+            validate_topic_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "has space",
+            "slash/",
+            "ünï",
+            &"x".repeat(250),
+        ] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Topic-level configs under Apache Kafka's names, so existing admin tools
+//! (kafka-configs, kcat, AdminClient) work unchanged.
+
+use std::collections::BTreeMap;
+
+use strata_log::{LogConfig, TimestampType};
+
+use crate::config::{FlushPolicy, LogDefaults};
+
+/// A topic config key Strata understands.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigKey {
+    /// Kafka's name.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub doc: &'static str,
+}
+
+/// Every topic config key Strata accepts.
+pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
+    ConfigKey {
+        name: "cleanup.policy",
+        doc: "delete: old segments are removed by retention (compact is not supported)",
+    },
+    ConfigKey {
+        name: "compression.type",
+        doc: "producer: batches are stored as the producer compressed them",
+    },
+    ConfigKey {
+        name: "index.interval.bytes",
+        doc: "bytes of log between offset index entries",
+    },
+    ConfigKey {
+        name: "max.message.bytes",
+        doc: "largest record batch accepted",
+    },
+    ConfigKey {
+        name: "message.timestamp.type",
+        doc: "CreateTime or LogAppendTime",
+    },
+    ConfigKey {
+        name: "retention.bytes",
+        doc: "per-partition size above which the oldest segments are deleted (-1: no limit)",
+    },
+    ConfigKey {
+        name: "retention.ms",
+        doc: "age after which a segment's records are deleted (-1: no limit)",
+    },
+    ConfigKey {
+        name: "segment.bytes",
+        doc: "size at which the active segment rolls",
+    },
+    ConfigKey {
+        name: "segment.ms",
+        doc: "age at which the active segment rolls",
+    },
+];
+
+/// The overrides a topic carries; keys absent take the broker default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicConfig(pub BTreeMap<String, String>);
+
+fn parse_i64(name: &str, value: &str, min: i64) -> Result<i64, String> {
+    let v: i64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{name}: '{value}' is not a number"))?;
+    if v < min {
+        return Err(format!("{name}: {v} is below the minimum {min}"));
+    }
+    Ok(v)
+}
+
+pub(crate) fn parse_timestamp_type(value: &str) -> Result<TimestampType, String> {
+    match value {
+        "CreateTime" => Ok(TimestampType::CreateTime),
+        "LogAppendTime" => Ok(TimestampType::LogAppendTime),
+        other => Err(format!(
+            "message.timestamp.type: '{other}' is not CreateTime or LogAppendTime"
+        )),
+    }
+}
+
+/// Validates one key and value.
+pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
+    match name {
+        "cleanup.policy" => match value {
+            "delete" => Ok(()),
+            _ => Err(format!(
+                "cleanup.policy: '{value}' is not supported; only 'delete' is"
+            )),
+        },
+        "compression.type" => match value {
+            "producer" => Ok(()),
+            _ => Err(format!(
+                "compression.type: '{value}' is not supported; batches are stored as produced ('producer')"
+            )),
+        },
+        "index.interval.bytes" => parse_i64(name, value, 0).map(drop),
+        "max.message.bytes" => parse_i64(name, value, 0).and_then(|v| {
+            if v > i32::MAX as i64 {
+                Err(format!("{name}: {v} is above {}", i32::MAX))
+            } else {
+                Ok(())
+            }
+        }),
+        "message.timestamp.type" => parse_timestamp_type(value).map(drop),
+        "retention.bytes" | "retention.ms" => parse_i64(name, value, -1).map(drop),
+        "segment.bytes" => parse_i64(name, value, 14).and_then(|v| {
+            if v > i32::MAX as i64 {
+                Err(format!("{name}: {v} is above {}", i32::MAX))
+            } else {
+                Ok(())
+            }
+        }),
+        "segment.ms" => parse_i64(name, value, 1).map(drop),
+        _ => Err(format!("unknown topic config '{name}'")),
+    }
+}
+
+impl TopicConfig {
+    /// Builds overrides from key/value pairs, validating each.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, String> {
+        let mut map = BTreeMap::new();
+        for (k, v) in pairs {
+            validate_entry(k, v)?;
+            map.insert(k.to_string(), v.to_string());
+        }
+        Ok(Self(map))
+    }
+
+    /// The effective value of a key and whether it is the broker default.
+    pub fn value_of(&self, name: &str, defaults: &LogDefaults) -> (String, bool) {
+        if let Some(v) = self.0.get(name) {
+            return (v.clone(), false);
+        }
+        let d = match name {
+            "cleanup.policy" => "delete".to_string(),
+            "compression.type" => "producer".to_string(),
+            "index.interval.bytes" => defaults.index_interval_bytes.to_string(),
+            "max.message.bytes" => defaults.max_message_bytes.to_string(),
+            "message.timestamp.type" => defaults.message_timestamp_type.clone(),
+            "retention.bytes" => defaults.retention_bytes.to_string(),
+            "retention.ms" => defaults.retention_ms.to_string(),
+            "segment.bytes" => defaults.segment_bytes.to_string(),
+            "segment.ms" => defaults.segment_ms.to_string(),
+            _ => String::new(),
+        };
+        (d, true)
+    }
+
+    /// The log settings this topic runs with.
+    pub fn resolve(&self, defaults: &LogDefaults) -> Result<LogConfig, String> {
+        let get = |name: &str| self.value_of(name, defaults).0;
+        let num = |name: &str, min: i64| parse_i64(name, &get(name), min);
+        Ok(LogConfig {
+            segment_bytes: num("segment.bytes", 14)? as u64,
+            segment_ms: num("segment.ms", 1)?,
+            retention_ms: num("retention.ms", -1)?,
+            retention_bytes: num("retention.bytes", -1)?,
+            max_message_bytes: num("max.message.bytes", 0)? as usize,
+            timestamp_type: parse_timestamp_type(&get("message.timestamp.type"))
+                .or_else(|_| defaults.timestamp_type())?,
+            index_interval_bytes: num("index.interval.bytes", 0)? as u64,
+            read_only_flushed: defaults.flush == FlushPolicy::EveryBatch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_win_over_defaults() {
+        let d = LogDefaults::default();
+        let t = TopicConfig::from_pairs([("retention.bytes", "1000"), ("segment.bytes", "4096")])
+            .unwrap();
+        let c = t.resolve(&d).unwrap();
+        assert_eq!(c.retention_bytes, 1000);
+        assert_eq!(c.segment_bytes, 4096);
+        assert_eq!(c.retention_ms, d.retention_ms);
+        assert_eq!(t.value_of("retention.bytes", &d), ("1000".into(), false));
+        assert_eq!(t.value_of("cleanup.policy", &d), ("delete".into(), true));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused() {
+        for (k, v) in [
+            ("retention.ms", "soon"),
+            ("retention.bytes", "-2"),
+            ("segment.bytes", "10"),
+            ("cleanup.policy", "compact"),
+            ("message.timestamp.type", "Now"),
+            ("compression.type", "gzip"),
+            ("no.such.key", "1"),
+        ] {
+            assert!(validate_entry(k, v).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn every_documented_key_has_a_default() {
+        let d = LogDefaults::default();
+        for key in TOPIC_CONFIG_KEYS {
+            let (v, is_default) = TopicConfig::default().value_of(key.name, &d);
+            assert!(is_default);
+            validate_entry(key.name, &v).unwrap();
+        }
+    }
+}

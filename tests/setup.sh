@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need, and only what is missing:
+#   kcat (Debian), Python packages pinned in tests/requirements.txt,
+#   Node packages locked in tests/e2e/js/package-lock.json.
+# Idempotent; when everything is present it finishes in a few seconds.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python3}"
+JS_DIR="$HERE/e2e/js"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# --- Debian packages --------------------------------------------------------
+if ! command -v kcat >/dev/null 2>&1; then
+  apt_install kcat
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+
+# --- Python -------------------------------------------------------------------
+# Every line of requirements.txt is NAME==VERSION; compare with what is installed.
+if ! "$PYTHON" - "$HERE/requirements.txt" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+missing = []
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    name, _, wanted = line.partition("==")
+    try:
+        have = version(name)
+    except PackageNotFoundError:
+        have = None
+    if have != wanted:
+        missing.append(f"{name} (have {have}, want {wanted})")
+if missing:
+    print("setup: python packages to install: " + ", ".join(missing), file=sys.stderr)
+    sys.exit(1)
+PY
+then
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r "$HERE/requirements.txt"
+fi
+
+# --- Node ---------------------------------------------------------------------
+# node_modules is (re)installed from the lock file whenever the lock changes.
+lock_hash="$(sha256sum "$JS_DIR/package-lock.json" | cut -d' ' -f1)"
+stamp="$JS_DIR/node_modules/.strata-lock-sha256"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_hash" ]; then
+  log "npm ci in $JS_DIR"
+  (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_hash" > "$stamp"
+fi
+
+log "ok"
