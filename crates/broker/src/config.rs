@@ -32,8 +32,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Address the Kafka listener binds.
     pub kafka_listen: String,
-    /// Address given to clients in Metadata; the bound address when unset.
-    pub advertised_listener: Option<String>,
+    /// Address given to clients in Metadata; the bound address when empty.
+    pub advertised_listener: String,
     /// Address of the HTTP listener (health).
     pub http_listen: String,
     /// Create a topic when a client asks Metadata for one that is missing.
@@ -82,7 +82,7 @@ impl Default for BrokerConfig {
             node_id: 0,
             data_dir: PathBuf::from("./data"),
             kafka_listen: "127.0.0.1:9092".into(),
-            advertised_listener: None,
+            advertised_listener: String::new(),
             http_listen: "127.0.0.1:9644".into(),
             auto_create_topics: false,
             default_partitions: 1,

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod http;
+mod settings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,24 +42,38 @@ enum Command {
     Serve(ServeArgs),
 }
 
-/// Flags that override the config file (which overrides the defaults).
+/// Flags override environment variables, which override the config file,
+/// which overrides the defaults. Each flag's key can also be set by its
+/// environment variable (`STRATA_DATA_DIR`...); see docs/configuration.md.
 #[derive(Parser, Debug, Default)]
 struct ServeArgs {
     /// TOML config file.
     #[arg(long, env = "STRATA_CONFIG")]
     config: Option<PathBuf>,
     /// Directory for logs and metadata [default: ./data].
-    #[arg(long, env = "STRATA_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Kafka listener address [default: 127.0.0.1:9092].
-    #[arg(long, env = "STRATA_KAFKA_LISTEN")]
+    #[arg(long)]
     kafka_listen: Option<String>,
     /// Address clients are told to connect to [default: the bound address].
-    #[arg(long, env = "STRATA_ADVERTISED_LISTENER")]
+    #[arg(long)]
     advertised_listener: Option<String>,
     /// HTTP listener address (health) [default: 127.0.0.1:9644].
-    #[arg(long, env = "STRATA_HTTP_LISTEN")]
+    #[arg(long)]
     http_listen: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> settings::Overrides {
+        settings::Overrides {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            kafka_listen: self.kafka_listen.clone(),
+            advertised_listener: self.advertised_listener.clone(),
+            http_listen: self.http_listen.clone(),
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -66,7 +81,7 @@ fn main() -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => {
-            let config = load_config(&args)?;
+            let config = settings::load(&args.overrides(), std::env::vars())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("strata")
@@ -86,40 +101,6 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-}
-
-/// Defaults, then the TOML file, then environment variables and flags.
-fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            parse_config(&text)
-                .with_context(|| format!("invalid config file {}", path.display()))?
-        }
-        None => BrokerConfig::default(),
-    };
-    if let Some(v) = &args.data_dir {
-        config.data_dir = v.clone();
-    }
-    if let Some(v) = &args.kafka_listen {
-        config.kafka_listen = v.clone();
-    }
-    if let Some(v) = &args.advertised_listener {
-        config.advertised_listener = Some(v.clone());
-    }
-    if let Some(v) = &args.http_listen {
-        config.http_listen = v.clone();
-    }
-    config
-        .validate()
-        .map_err(anyhow::Error::msg)
-        .context("invalid configuration")?;
-    Ok(config)
-}
-
-fn parse_config(text: &str) -> Result<BrokerConfig> {
-    Ok(toml::from_str(text)?)
 }
 
 /// Splits `host:port`, accepting `[v6]:port`.
@@ -147,12 +128,12 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (http_listen)", config.http_listen))?;
     let http_addr = http.local_addr()?;
-    let (adv_host, adv_port) = match &config.advertised_listener {
-        Some(a) => split_host_port(a)?,
-        None if kafka_addr.ip().is_unspecified() => {
+    let (adv_host, adv_port) = match config.advertised_listener.as_str() {
+        "" if kafka_addr.ip().is_unspecified() => {
             bail!("kafka_listen {kafka_addr} binds every interface: set --advertised-listener to the address clients should use")
         }
-        None => (kafka_addr.ip().to_string(), kafka_addr.port() as i32),
+        "" => (kafka_addr.ip().to_string(), kafka_addr.port() as i32),
+        a => split_host_port(a)?,
     };
 
     let data_dir = config.data_dir.clone();
@@ -200,50 +181,6 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_config_keys_are_errors() {
-        assert!(parse_config("no_such_key = 1").is_err());
-        assert!(parse_config("[log]\nflush = \"sometimes\"").is_err());
-        let c = parse_config(
-            "auto_create_topics = true\n[log]\nflush = \"os\"\nsegment_bytes = 1048576",
-        )
-        .unwrap();
-        assert!(c.auto_create_topics);
-        assert_eq!(c.log.segment_bytes, 1_048_576);
-    }
-
-    #[test]
-    fn flags_override_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("strata.toml");
-        std::fs::write(
-            &file,
-            "kafka_listen = \"127.0.0.1:1111\"\ndata_dir = \"/from/file\"",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(file),
-            kafka_listen: Some("127.0.0.1:2222".into()),
-            ..ServeArgs::default()
-        };
-        let c = load_config(&args).unwrap();
-        assert_eq!(c.kafka_listen, "127.0.0.1:2222");
-        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
-    }
-
-    #[test]
-    fn invalid_values_are_refused_with_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("strata.toml");
-        std::fs::write(&file, "[log]\nsegment_bytes = 3").unwrap();
-        let err = load_config(&ServeArgs {
-            config: Some(file),
-            ..ServeArgs::default()
-        })
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("segment.bytes"), "{err:#}");
-    }
 
     #[test]
     fn host_port_parsing() {
