@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: install test tools, build, Rust tests, end-to-end tests
-# with real Kafka clients against the built broker. Extra arguments go to pytest
+# The whole test suite: install test tools, offline Helm chart validation
+# (tests/helm/check.sh), build, Rust tests, end-to-end tests with real Kafka
+# clients against the built broker. Extra arguments go to pytest
 # (e.g. `tests/run.sh -k kcat`).
 set -euo pipefail
 
@@ -10,6 +11,9 @@ PYTHON="${PYTHON:-python3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
 
 bash tests/setup.sh
+
+echo "== helm chart (offline validation)"
+bash tests/helm/check.sh
 
 echo "== cargo build"
 cargo build --locked -p strata
