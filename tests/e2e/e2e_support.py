@@ -267,7 +267,7 @@ def wait_for_topic(admin: AdminClient, name: str, partitions: int, timeout: floa
 def producer_config(bootstrap: str, **overrides) -> dict:
     conf = {
         "bootstrap.servers": bootstrap,
-        "enable.idempotence": False,  # InitProducerId is not supported yet
+        "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
         "queue.buffering.max.messages": 200_000,
@@ -327,8 +327,8 @@ def produce_confluent(producer: Producer, topic: str, records: Sequence[Record],
 def consumer_config(bootstrap: str, **overrides) -> dict:
     conf = {
         "bootstrap.servers": bootstrap,
-        # Consumer groups are not supported yet: a group.id is required by
-        # librdkafka but we only assign() and never commit.
+        # These helpers assign() partitions and never commit; librdkafka still
+        # wants a group.id.
         "group.id": "strata-e2e-unused",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

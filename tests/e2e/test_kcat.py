@@ -50,7 +50,7 @@ def test_roundtrip_100k_keyed_messages(broker, create_topic, tmp_path, codec):
         input_file = tmp_path / f"p{p}.txt"
         input_file.write_bytes(b"".join(r.key + b"\t" + r.value + b"\n" for r in records if r.partition == p))
         args = ["-P", "-b", broker.bootstrap, "-t", topic, "-p", str(p), "-K", r"\t",
-                "-X", "enable.idempotence=false", "-X", "acks=all", "-X", "linger.ms=5"]
+                "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "linger.ms=5"]
         if codec != "none":
             args += ["-z", codec]
         for name, value in partition_headers(p):

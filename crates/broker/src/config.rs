@@ -50,6 +50,8 @@ pub struct BrokerConfig {
     pub shutdown_timeout_ms: u64,
     /// Log defaults, overridable per topic.
     pub log: LogDefaults,
+    /// Consumer groups and committed offsets.
+    pub groups: crate::groups::GroupConfig,
 }
 
 /// Broker-level defaults of the per-topic log settings.
@@ -74,6 +76,9 @@ pub struct LogDefaults {
     pub flush: FlushPolicy,
     /// Period of the `interval` flush policy.
     pub flush_interval_ms: u64,
+    /// `producer.id.expiration.ms`: idempotent producer state is kept this
+    /// long after a producer's last batch.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for BrokerConfig {
@@ -91,6 +96,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 300_000,
             shutdown_timeout_ms: 10_000,
             log: LogDefaults::default(),
+            groups: crate::groups::GroupConfig::default(),
         }
     }
 }
@@ -108,6 +114,7 @@ impl Default for LogDefaults {
             index_interval_bytes: log.index_interval_bytes,
             flush: FlushPolicy::EveryBatch,
             flush_interval_ms: 1000,
+            producer_id_expiration_ms: log.producer_expiration_ms,
         }
     }
 }
@@ -129,6 +136,10 @@ impl BrokerConfig {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        self.groups.validate()?;
+        if self.log.producer_id_expiration_ms < 1 {
+            return Err("log.producer_id_expiration_ms must be >= 1".into());
         }
         if self.log.flush == FlushPolicy::Interval && self.log.flush_interval_ms == 0 {
             return Err("log.flush_interval_ms must be > 0 with flush = \"interval\"".into());

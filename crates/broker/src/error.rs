@@ -65,6 +65,16 @@ impl From<strata_log::Error> for ApiError {
             }
             E::MessageTooLarge { .. } => Self::new(ResponseError::MessageTooLarge, e.to_string()),
             E::OffsetOutOfRange { .. } => Self::new(ResponseError::OffsetOutOfRange, e.to_string()),
+            E::Sequence(strata_log::producer_state::SequenceError::OutOfOrder { .. }) => {
+                Self::new(ResponseError::OutOfOrderSequenceNumber, e.to_string())
+            }
+            E::Sequence(strata_log::producer_state::SequenceError::InvalidEpoch { .. }) => {
+                Self::new(ResponseError::InvalidProducerEpoch, e.to_string())
+            }
+            E::TransactionsUnsupported => Self::new(
+                ResponseError::InvalidTxnState,
+                "transactions are not supported by this broker; produce without a transactional.id",
+            ),
             E::Io(_) => Self::storage(&e),
             _ => Self::internal(&e),
         }

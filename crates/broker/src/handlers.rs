@@ -7,6 +7,7 @@
 //! produces share fsyncs.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::group_api;
 use crate::state::{Broker, Partition, Topic};
 use crate::topic_config::{validate_entry, TopicConfig, TOPIC_CONFIG_KEYS};
 
@@ -53,28 +55,53 @@ pub enum Reply {
     Close(String),
 }
 
-/// The APIs Strata answers.
-pub const SUPPORTED_APIS: &[ApiKey] = &[
-    ApiKey::Produce,
-    ApiKey::Fetch,
-    ApiKey::ListOffsets,
-    ApiKey::Metadata,
-    ApiKey::ApiVersions,
-    ApiKey::CreateTopics,
-    ApiKey::DeleteTopics,
-    ApiKey::DescribeConfigs,
-    ApiKey::AlterConfigs,
-    ApiKey::CreatePartitions,
-    ApiKey::IncrementalAlterConfigs,
-    ApiKey::DescribeCluster,
+/// Who sent a request, and at which version.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Request version.
+    pub version: i16,
+    /// The client's `client.id`.
+    pub client_id: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// The APIs Strata answers, with the highest version of each where it is
+/// below what the codec knows (`None`: every version the codec knows).
+/// OffsetCommit v10 and OffsetFetch v10 name topics by id for the new
+/// consumer protocol, which Strata does not serve.
+pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
+    (ApiKey::Produce, None),
+    (ApiKey::Fetch, None),
+    (ApiKey::ListOffsets, None),
+    (ApiKey::Metadata, None),
+    (ApiKey::OffsetCommit, Some(9)),
+    (ApiKey::OffsetFetch, Some(9)),
+    (ApiKey::FindCoordinator, None),
+    (ApiKey::JoinGroup, None),
+    (ApiKey::Heartbeat, None),
+    (ApiKey::LeaveGroup, None),
+    (ApiKey::SyncGroup, None),
+    (ApiKey::DescribeGroups, None),
+    (ApiKey::ListGroups, None),
+    (ApiKey::ApiVersions, None),
+    (ApiKey::CreateTopics, None),
+    (ApiKey::DeleteTopics, None),
+    (ApiKey::InitProducerId, None),
+    (ApiKey::DescribeConfigs, None),
+    (ApiKey::AlterConfigs, None),
+    (ApiKey::CreatePartitions, None),
+    (ApiKey::DeleteGroups, None),
+    (ApiKey::IncrementalAlterConfigs, None),
+    (ApiKey::OffsetDelete, None),
+    (ApiKey::DescribeCluster, None),
 ];
 
 /// Versions of `key` Strata answers, or `None` if it does not serve the API.
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED_APIS.contains(&key).then(|| {
-        let r = key.valid_versions();
-        (r.min, r.max)
-    })
+    let (_, cap) = SUPPORTED_APIS.iter().find(|(k, _)| *k == key)?;
+    let r = key.valid_versions();
+    Some((r.min, cap.map_or(r.max, |c| c.min(r.max))))
 }
 
 fn sb(s: impl Into<String>) -> StrBytes {
@@ -86,8 +113,9 @@ fn topic_name(s: &str) -> TopicName {
 }
 
 /// Dispatches one request.
-pub async fn handle(broker: &Arc<Broker>, request: RequestKind, version: i16) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: RequestKind) -> Reply {
     use RequestKind as R;
+    let version = ctx.version;
     match request {
         R::ApiVersions(_) => Reply::Now(ResponseKind::ApiVersions(api_versions())),
         R::Metadata(r) => Reply::Now(ResponseKind::Metadata(metadata(broker, r, version).await)),
@@ -120,6 +148,28 @@ pub async fn handle(broker: &Arc<Broker>, request: RequestKind, version: i16) ->
         R::DescribeCluster(r) => {
             Reply::Now(ResponseKind::DescribeCluster(describe_cluster(broker, r)))
         }
+        R::FindCoordinator(r) => Reply::Now(ResponseKind::FindCoordinator(
+            group_api::find_coordinator(broker, r, version),
+        )),
+        R::JoinGroup(r) => group_api::join_group(broker, ctx, r),
+        R::SyncGroup(r) => group_api::sync_group(broker, ctx, r),
+        R::Heartbeat(r) => Reply::Now(ResponseKind::Heartbeat(group_api::heartbeat(broker, r))),
+        R::LeaveGroup(r) => Reply::Now(ResponseKind::LeaveGroup(group_api::leave_group(
+            broker, r, version,
+        ))),
+        R::OffsetCommit(r) => group_api::offset_commit(broker, r),
+        R::OffsetFetch(r) => Reply::Now(ResponseKind::OffsetFetch(group_api::offset_fetch(
+            broker, r, version,
+        ))),
+        R::DescribeGroups(r) => Reply::Now(ResponseKind::DescribeGroups(
+            group_api::describe_groups(broker, r, version),
+        )),
+        R::ListGroups(r) => Reply::Now(ResponseKind::ListGroups(group_api::list_groups(
+            broker, r, version,
+        ))),
+        R::DeleteGroups(r) => group_api::delete_groups(broker, r),
+        R::OffsetDelete(r) => group_api::offset_delete(broker, r),
+        R::InitProducerId(r) => group_api::init_producer_id(broker, r),
         other => Reply::Close(format!("no handler for {other:?}")),
     }
 }
@@ -129,7 +179,7 @@ pub fn api_versions() -> ApiVersionsResponse {
     let mut resp = ApiVersionsResponse::default();
     resp.api_keys = SUPPORTED_APIS
         .iter()
-        .map(|k| {
+        .map(|(k, _)| {
             let (min, max) = supported_versions(*k).expect("listed");
             let mut v = ApiVersion::default();
             v.api_key = *k as i16;
@@ -302,7 +352,21 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Rep
         return Reply::Now(ResponseKind::Produce(resp));
     }
     if req.transactional_id.is_some() {
-        return Reply::Close("transactional produce is not supported".into());
+        let mut resp = ProduceResponse::default();
+        for t in &req.topic_data {
+            let mut tr = TopicProduceResponse::default();
+            tr.name = t.name.clone();
+            tr.topic_id = t.topic_id;
+            for p in &t.partition_data {
+                let mut pr = PartitionProduceResponse::default();
+                pr.index = p.index;
+                pr.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+                pr.error_message = Some(sb("transactions are not supported by this broker"));
+                tr.partition_responses.push(pr);
+            }
+            resp.responses.push(tr);
+        }
+        return Reply::Now(ResponseKind::Produce(resp));
     }
     let by_id = version >= 13;
     // Resolve and copy the records (the log patches offsets in place).

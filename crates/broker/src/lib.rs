@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod error;
+pub mod group_api;
+pub mod groups;
 pub mod handlers;
 pub mod metadata;
 pub mod server;
@@ -15,4 +17,4 @@ pub mod state;
 pub mod topic_config;
 
 pub use config::{BrokerConfig, FlushPolicy, LogDefaults};
-pub use state::{Broker, Partition, PartitionOffsets, Topic};
+pub use state::{Broker, Partition, PartitionLag, PartitionOffsets, Topic};

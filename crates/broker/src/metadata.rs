@@ -40,6 +40,9 @@ pub struct MetadataImage {
     pub cluster_id: String,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicRecord>,
+    /// Producer ids below this have been handed out.
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 /// Errors of the metadata store.
@@ -72,6 +75,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     fn put_topic(&self, topic: TopicRecord) -> Result<(), MetadataError>;
     /// Removes a topic.
     fn delete_topic(&self, name: &str) -> Result<(), MetadataError>;
+    /// Reserves `count` producer ids, durably; returns the first.
+    fn allocate_producer_ids(&self, count: i64) -> Result<i64, MetadataError>;
 }
 
 const IMAGE_VERSION: u32 = 1;
@@ -104,6 +109,7 @@ impl FileMetadataStore {
                 version: IMAGE_VERSION,
                 cluster_id: new_cluster_id(),
                 topics: BTreeMap::new(),
+                next_producer_id: 0,
             },
             Err(e) => return Err(io(&path)(e)),
         };
@@ -161,6 +167,15 @@ impl MetadataStore for FileMetadataStore {
             img.topics.remove(name);
         })
     }
+
+    fn allocate_producer_ids(&self, count: i64) -> Result<i64, MetadataError> {
+        let mut first = 0;
+        self.update(|img| {
+            first = img.next_producer_id;
+            img.next_producer_id += count;
+        })?;
+        Ok(first)
+    }
 }
 
 /// A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding.
@@ -203,6 +218,17 @@ mod tests {
         assert_eq!(img.cluster_id, cluster);
         assert_eq!(img.topics.len(), 1);
         assert_eq!(img.topics["orders"], t);
+    }
+
+    #[test]
+    fn producer_id_blocks_never_repeat_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileMetadataStore::open(dir.path()).unwrap();
+        assert_eq!(store.allocate_producer_ids(1000).unwrap(), 0);
+        assert_eq!(store.allocate_producer_ids(1000).unwrap(), 1000);
+        drop(store);
+        let store = FileMetadataStore::open(dir.path()).unwrap();
+        assert_eq!(store.allocate_producer_ids(10).unwrap(), 2000);
     }
 
     #[test]

@@ -186,7 +186,12 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
         .to_string();
     let span =
         tracing::debug_span!("request", api = ?api_key, version, client_id = %client_id, %peer);
-    let reply = handlers::handle(broker, request.body, version)
+    let ctx = handlers::RequestContext {
+        version,
+        client_id,
+        peer,
+    };
+    let reply = handlers::handle(broker, &ctx, request.body)
         .instrument(span)
         .await;
     let reply: ReplyFuture = match reply {
@@ -251,13 +256,37 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
     let retention = Duration::from_millis(broker.config().retention_check_interval_ms.max(10));
     let flush_policy = broker.config().log.flush;
     let flush = Duration::from_millis(broker.config().log.flush_interval_ms.max(1));
+    let groups = broker.config().groups.clone();
     let mut retention_tick = tokio::time::interval(retention);
     let mut flush_tick = tokio::time::interval(flush);
-    retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut group_tick = tokio::time::interval(Duration::from_millis(groups.tick_interval_ms));
+    let mut offsets_tick = tokio::time::interval(Duration::from_millis(
+        groups.offsets_retention_check_interval_ms,
+    ));
+    for t in [
+        &mut retention_tick,
+        &mut flush_tick,
+        &mut group_tick,
+        &mut offsets_tick,
+    ] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = group_tick.tick() => {
+                let b = broker.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || b.groups().tick()).await {
+                    error!(error = %e, "group coordinator tick failed");
+                }
+            }
+            _ = offsets_tick.tick() => {
+                let b = broker.clone();
+                let now = crate::state::now_ms();
+                if let Err(e) = tokio::task::spawn_blocking(move || b.groups().expire_offsets(now)).await {
+                    error!(error = %e, "offset expiration failed");
+                }
+            }
             _ = retention_tick.tick() => {
                 let b = broker.clone();
                 if let Err(e) = tokio::task::spawn_blocking(move || b.enforce_retention()).await {

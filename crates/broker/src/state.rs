@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::config::{BrokerConfig, FlushPolicy};
 use crate::error::ApiError;
+use crate::groups::{GroupCoordinator, OffsetStore};
 use crate::metadata::{FileMetadataStore, MetadataStore, TopicRecord};
 use crate::topic_config::TopicConfig;
 
@@ -192,6 +193,28 @@ pub struct Broker {
     /// Woken whenever a high watermark advances (fetch long polls wait here).
     pub(crate) data_available: Notify,
     advertised: RwLock<(String, i32)>,
+    /// Consumer groups and committed offsets.
+    groups: GroupCoordinator,
+    /// Producer ids reserved from the metadata store and not yet handed out.
+    producer_ids: Mutex<std::ops::Range<i64>>,
+}
+
+/// Producer ids reserved from the metadata store at a time.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Consumer lag of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Committed offset (`None` when the group committed nothing here).
+    pub committed: Option<i64>,
+    /// The partition's high watermark.
+    pub log_end: i64,
+    /// `log_end - committed` (the whole partition when nothing is committed).
+    pub lag: i64,
 }
 
 impl Broker {
@@ -199,8 +222,10 @@ impl Broker {
     /// (recovering those not closed cleanly). Blocking.
     pub fn open(config: BrokerConfig) -> anyhow::Result<Arc<Self>> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let store = FileMetadataStore::open(&config.data_dir.join("meta"))?;
+        let meta_dir = config.data_dir.join("meta");
+        let store = FileMetadataStore::open(&meta_dir)?;
         let image = store.image();
+        let offsets = OffsetStore::open(&meta_dir)?;
         let logs_dir = config.data_dir.join("logs");
         std::fs::create_dir_all(&logs_dir)?;
         let broker = Self {
@@ -211,6 +236,8 @@ impl Broker {
             data_available: Notify::new(),
             advertised: RwLock::new((String::new(), 0)),
             store: Arc::new(store),
+            groups: GroupCoordinator::new(config.groups.clone(), offsets),
+            producer_ids: Mutex::new(0..0),
             config,
         };
         broker.remove_stale_dirs(&image.topics)?;
@@ -348,6 +375,47 @@ impl Broker {
         all
     }
 
+    /// The group coordinator.
+    pub fn groups(&self) -> &GroupCoordinator {
+        &self.groups
+    }
+
+    /// Hands out a new producer id, reserving a block from the metadata store
+    /// when the current one is used up. Blocking when it reserves.
+    pub fn next_producer_id(&self) -> Result<i64, ApiError> {
+        let mut ids = self.producer_ids.lock().expect("producer ids lock");
+        if ids.is_empty() {
+            let first = self
+                .store
+                .allocate_producer_ids(PRODUCER_ID_BLOCK)
+                .map_err(ApiError::storage)?;
+            *ids = first..first + PRODUCER_ID_BLOCK;
+        }
+        Ok(ids.next().expect("non-empty block"))
+    }
+
+    /// Consumer lag of a group on every partition it committed offsets for
+    /// (committed offset against the high watermark).
+    pub fn group_lag(&self, group_id: &str) -> Vec<PartitionLag> {
+        let committed = self.groups.committed(group_id, None);
+        let mut out = Vec::with_capacity(committed.len());
+        for (topic, partition, value) in committed {
+            let Some(p) = self.topic(&topic).and_then(|t| t.partition(partition)) else {
+                continue;
+            };
+            let log_end = p.offsets().high_watermark;
+            let committed = value.map(|v| v.offset);
+            out.push(PartitionLag {
+                lag: (log_end - committed.unwrap_or(0)).max(0),
+                topic,
+                partition,
+                committed,
+                log_end,
+            });
+        }
+        out
+    }
+
     /// Wakes fetches waiting for data.
     pub fn notify_data(&self) {
         self.data_available.notify_waiters();
@@ -457,6 +525,9 @@ impl Broker {
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::storage)?;
+        let this = self.clone();
+        let name_owned = name.to_string();
+        let _ = tokio::task::spawn_blocking(move || this.groups.topic_deleted(&name_owned)).await;
         self.notify_data();
         info!(topic = name, %id, "topic deleted");
         Ok(id)
@@ -564,6 +635,7 @@ impl Broker {
             for p in topic.partitions() {
                 let res = p.with_log(|l| {
                     l.maybe_roll_idle(now)?;
+                    l.expire_producers(now);
                     l.apply_retention(now)
                 });
                 if let Err(e) = res {
@@ -600,6 +672,9 @@ impl Broker {
                     warn!(topic = %p.topic, partition = p.index, error = %e, "closing log failed");
                 }
             }
+        }
+        if let Err(e) = self.groups.store().checkpoint() {
+            warn!(error = %e, "cannot checkpoint committed offsets");
         }
         info!("logs flushed and closed");
     }

@@ -165,6 +165,7 @@ impl TopicConfig {
                 .or_else(|_| defaults.timestamp_type())?,
             index_interval_bytes: num("index.interval.bytes", 0)? as u64,
             read_only_flushed: defaults.flush == FlushPolicy::EveryBatch,
+            producer_expiration_ms: defaults.producer_id_expiration_ms,
         })
     }
 }

@@ -26,6 +26,10 @@ pub const HEADER_LEN: usize = 61;
 pub const LOG_OVERHEAD: usize = 12;
 const CRC_START: usize = 21;
 const ATTR_TIMESTAMP_TYPE: i16 = 1 << 3;
+/// Attribute bit of a batch that is part of a transaction.
+pub const ATTR_TRANSACTIONAL: i16 = 1 << 4;
+/// Attribute bit of a control batch (transaction markers).
+pub const ATTR_CONTROL: i16 = 1 << 5;
 
 /// Fields of a batch header the log and the broker need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +293,18 @@ pub(crate) mod testing {
     /// A valid batch of `n` records with values of `value_len` bytes and
     /// timestamps `ts, ts+1, …`.
     pub(crate) fn batch(n: i32, value_len: usize, ts: i64) -> Vec<u8> {
+        idempotent_batch(n, value_len, ts, -1, -1, -1)
+    }
+
+    /// Like [`batch`], from an idempotent producer.
+    pub(crate) fn idempotent_batch(
+        n: i32,
+        value_len: usize,
+        ts: i64,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    ) -> Vec<u8> {
         let mut records = Vec::new();
         for i in 0..n {
             let mut r = Vec::new();
@@ -312,9 +328,9 @@ pub(crate) mod testing {
         b.extend((n - 1).to_be_bytes());
         b.extend(ts.to_be_bytes());
         b.extend((ts + n as i64 - 1).to_be_bytes());
-        b.extend((-1i64).to_be_bytes());
-        b.extend((-1i16).to_be_bytes());
-        b.extend((-1i32).to_be_bytes());
+        b.extend(producer_id.to_be_bytes());
+        b.extend(epoch.to_be_bytes());
+        b.extend(base_sequence.to_be_bytes());
         b.extend(n.to_be_bytes());
         b.extend(records);
         let crc = crc32c::crc32c(&b[21..]);

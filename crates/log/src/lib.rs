@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod index;
 mod log;
+pub mod producer_state;
 mod segment;
 
 pub use crate::log::{AppendInfo, Log, LogConfig, ReadPlan, TimestampType};
@@ -42,6 +43,12 @@ pub enum Error {
         /// High watermark.
         end: i64,
     },
+    /// An idempotent producer's batch out of sequence or from a fenced epoch.
+    #[error(transparent)]
+    Sequence(#[from] producer_state::SequenceError),
+    /// A transactional or control batch: transactions are not supported.
+    #[error("transactional batches are not supported")]
+    TransactionsUnsupported,
     /// The disk failed us.
     #[error("log i/o: {0}")]
     Io(#[from] std::io::Error),

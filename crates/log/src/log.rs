@@ -31,11 +31,14 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::producer_state::{ProducerState, SequenceCheck};
 use crate::segment::{self, Segment};
 use crate::{Error, Result};
 
 /// Name of the marker a clean close leaves in the partition directory.
 const CLEAN_SHUTDOWN: &str = ".clean-shutdown";
+/// Suffix of producer state snapshots (`{offset:020}.snapshot`).
+const SNAPSHOT_SUFFIX: &str = ".snapshot";
 
 /// Which timestamp a topic stores (`message.timestamp.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +68,9 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// Whether readers see only fsynced data (the every-batch flush policy).
     pub read_only_flushed: bool,
+    /// `producer.id.expiration.ms`: idempotent producer state is forgotten
+    /// this long after the producer's last batch.
+    pub producer_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -78,6 +84,7 @@ impl Default for LogConfig {
             timestamp_type: TimestampType::CreateTime,
             index_interval_bytes: 4096,
             read_only_flushed: true,
+            producer_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -91,6 +98,9 @@ pub struct AppendInfo {
     pub last_offset: i64,
     /// The broker time stamped on the batches under LogAppendTime.
     pub log_append_time: Option<i64>,
+    /// The request was a retry of batches already in the log: nothing was
+    /// appended and the offsets are those of the earlier append.
+    pub duplicate: bool,
 }
 
 /// A consistent view for reading outside the log's lock: the file of one
@@ -152,22 +162,42 @@ pub struct Log {
     segments: BTreeMap<i64, Segment>,
     /// Offset up to which data is fsynced.
     flushed_offset: i64,
+    /// Idempotent producers' sequences, as of the log end.
+    producers: ProducerState,
 }
 
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering it if it was not closed
     /// cleanly.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self> {
+        Self::open_from(dir, config, now_ms, 0)
+    }
+
+    /// Like [`Log::open`], but a log with no segments starts at
+    /// `initial_offset` (a partition whose older history is elsewhere).
+    pub fn open_from(
+        dir: &Path,
+        config: LogConfig,
+        now_ms: i64,
+        initial_offset: i64,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let marker = dir.join(CLEAN_SHUTDOWN);
         let clean = marker.exists();
         let mut bases = Vec::new();
+        let mut snapshots = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.ends_with(".tmp") {
                 std::fs::remove_file(entry.path())?;
+                continue;
+            }
+            if let Some(stem) = name.strip_suffix(SNAPSHOT_SUFFIX) {
+                if let Ok(offset) = stem.parse::<i64>() {
+                    snapshots.push(offset);
+                }
                 continue;
             }
             if let Some(stem) = name.strip_suffix(".log") {
@@ -202,8 +232,8 @@ impl Log {
         }
         if segments.is_empty() {
             segments.insert(
-                0,
-                Segment::create(dir, 0, now_ms, config.index_interval_bytes)?,
+                initial_offset,
+                Segment::create(dir, initial_offset, now_ms, config.index_interval_bytes)?,
             );
         }
         if clean {
@@ -214,12 +244,14 @@ impl Log {
             active.file.sync_data()?;
         }
         let next = segments.values().next_back().map_or(0, |s| s.next_offset);
-        let log = Self {
+        let mut log = Self {
             dir: dir.to_path_buf(),
             config,
             segments,
             flushed_offset: next,
+            producers: ProducerState::default(),
         };
+        log.recover_producers(snapshots)?;
         debug!(
             dir = %dir.display(),
             clean,
@@ -322,6 +354,9 @@ impl Log {
         if headers.is_empty() {
             return Err(Error::Corrupt("empty record set".into()));
         }
+        if let Some(dup) = self.check_sequences(&headers)? {
+            return Ok(dup);
+        }
         if self.should_roll(records.len() as u64, now_ms) {
             self.roll(now_ms)?;
         }
@@ -346,11 +381,162 @@ impl Log {
             seg.created_ms = now_ms;
         }
         seg.append(records, &headers)?;
+        for (_, h) in &headers {
+            self.producers.record(h);
+        }
         Ok(AppendInfo {
             base_offset,
             last_offset: next - 1,
             log_append_time: append_time,
+            duplicate: false,
         })
+    }
+
+    /// Checks every batch's producer sequence. `Some` when the request is a
+    /// retry of batches already appended (their offsets), `None` to append.
+    fn check_sequences(&self, headers: &[(usize, BatchHeader)]) -> Result<Option<AppendInfo>> {
+        for (_, h) in headers {
+            if h.attributes & batch::ATTR_TRANSACTIONAL != 0
+                || h.attributes & batch::ATTR_CONTROL != 0
+            {
+                return Err(Error::TransactionsUnsupported);
+            }
+        }
+        let idempotent = headers.iter().filter(|(_, h)| h.producer_id >= 0).count();
+        if idempotent == 0 {
+            return Ok(None);
+        }
+        // Several batches of one producer in one request: each must follow
+        // the one before it, so check against a copy that records them.
+        let mut scratch = (idempotent > 1).then(|| self.producers.clone());
+        for (_, h) in headers {
+            let state = scratch.as_ref().unwrap_or(&self.producers);
+            match state.check(h)? {
+                SequenceCheck::Duplicate(b) => {
+                    debug!(
+                        dir = %self.dir.display(),
+                        producer_id = h.producer_id,
+                        first_seq = b.first_seq,
+                        offset = b.first_offset,
+                        "duplicate batch acknowledged with its original offset"
+                    );
+                    let append_time = (self.config.timestamp_type == TimestampType::LogAppendTime)
+                        .then_some(b.timestamp);
+                    return Ok(Some(AppendInfo {
+                        base_offset: b.first_offset,
+                        last_offset: b.last_offset,
+                        log_append_time: append_time,
+                        duplicate: true,
+                    }));
+                }
+                SequenceCheck::Append => {
+                    if let Some(s) = scratch.as_mut() {
+                        s.record(h);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rebuilds the producer state: the newest readable snapshot at or below
+    /// the log end, then every batch after it. Snapshots past the log end
+    /// (the tail they describe was cut by recovery) are removed.
+    fn recover_producers(&mut self, mut snapshots: Vec<i64>) -> Result<()> {
+        let end = self.log_end_offset();
+        snapshots.sort_unstable();
+        let mut from = self.log_start_offset();
+        while let Some(offset) = snapshots.pop() {
+            let path = self.snapshot_path(offset);
+            if offset > end {
+                warn!(snapshot = %path.display(), log_end = end, "removing producer snapshot beyond the log end");
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|b| ProducerState::decode(&b))
+            {
+                Some(state) => {
+                    self.producers = state;
+                    from = offset.max(from);
+                    break;
+                }
+                None => {
+                    warn!(snapshot = %path.display(), "removing unreadable producer snapshot");
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        let mut replayed = 0usize;
+        let mut producers = std::mem::take(&mut self.producers);
+        self.for_each_header(from, |h| {
+            producers.record(h);
+            replayed += 1;
+        })?;
+        self.producers = producers;
+        if replayed > 0 || !self.producers.is_empty() {
+            debug!(
+                dir = %self.dir.display(),
+                from,
+                replayed,
+                producers = self.producers.len(),
+                "producer state recovered"
+            );
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the header of every batch from the one holding `from`
+    /// to the log end. Reads headers only.
+    fn for_each_header(&self, from: i64, mut f: impl FnMut(&BatchHeader)) -> Result<()> {
+        let first = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(self.log_start_offset(), |(b, _)| *b);
+        let mut header = [0u8; HEADER_LEN];
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            let mut pos = seg.index.lookup(from).position;
+            while pos + HEADER_LEN as u64 <= seg.size {
+                seg.file.read_exact_at(&mut header, pos)?;
+                let h = batch::parse_header(&header)?;
+                if h.last_offset() >= from {
+                    f(&h);
+                }
+                pos += h.size as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot_path(&self, offset: i64) -> PathBuf {
+        self.dir
+            .join(format!("{}{SNAPSHOT_SUFFIX}", segment::stem(offset)))
+    }
+
+    /// Writes the producer state as of the log end beside the segments.
+    fn write_producer_snapshot(&self) -> Result<()> {
+        let path = self.snapshot_path(self.log_end_offset());
+        segment::write_synced(&path, &self.producers.encode())?;
+        Ok(())
+    }
+
+    /// The producer snapshot written when the segment ending before `offset`
+    /// was closed (what the object tier uploads with that segment).
+    pub fn producer_snapshot_at(&self, offset: i64) -> Option<Vec<u8>> {
+        std::fs::read(self.snapshot_path(offset)).ok()
+    }
+
+    /// The idempotent producer state as of the log end.
+    pub fn producer_state(&self) -> &ProducerState {
+        &self.producers
+    }
+
+    /// Forgets producers idle for longer than `producer.id.expiration.ms`.
+    pub fn expire_producers(&mut self, now_ms: i64) -> usize {
+        self.producers
+            .expire(now_ms, self.config.producer_expiration_ms)
     }
 
     fn should_roll(&self, incoming: u64, now_ms: i64) -> bool {
@@ -374,6 +560,7 @@ impl Log {
         }
         seg.close()?;
         self.flushed_offset = self.flushed_offset.max(next);
+        self.write_producer_snapshot()?;
         let new = Segment::create(&self.dir, next, now_ms, interval)?;
         self.segments.insert(next, new);
         debug!(dir = %self.dir.display(), base = next, "rolled segment");
@@ -507,6 +694,7 @@ impl Log {
             deleted.push(base);
         }
         if !deleted.is_empty() {
+            self.remove_snapshots_below(self.log_start_offset())?;
             info!(
                 dir = %self.dir.display(),
                 segments = deleted.len(),
@@ -517,12 +705,27 @@ impl Log {
         Ok(deleted)
     }
 
+    fn remove_snapshots_below(&self, offset: i64) -> Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SNAPSHOT_SUFFIX)) else {
+                continue;
+            };
+            if stem.parse::<i64>().is_ok_and(|o| o < offset) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes everything, writes the active segment's indexes and leaves the
     /// clean-shutdown marker so the next open skips recovery.
     pub fn close(&mut self) -> Result<()> {
         self.active_mut().close()?;
         let end = self.log_end_offset();
         self.mark_flushed(end);
+        self.write_producer_snapshot()?;
         segment::write_synced(&self.dir.join(CLEAN_SHUTDOWN), b"")?;
         Ok(())
     }
@@ -531,7 +734,8 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::testing::batch;
+    use crate::batch::testing::{batch, idempotent_batch};
+    use crate::producer_state::SequenceError;
 
     fn cfg() -> LogConfig {
         LogConfig {
@@ -801,5 +1005,120 @@ mod tests {
         let h = batch::validate(&read).unwrap();
         assert!(h.log_append_time());
         assert_eq!(h.max_timestamp, 55_555);
+    }
+
+    fn produce(log: &mut Log, pid: i64, epoch: i16, seq: i32) -> Result<AppendInfo> {
+        let mut b = idempotent_batch(2, 10, 1_000, pid, epoch, seq);
+        log.append(&mut b, 0, 1_000)
+    }
+
+    #[test]
+    fn retried_batches_are_acknowledged_with_their_original_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 2, 0); // offsets 0..6, not idempotent
+        let first = produce(&mut log, 42, 0, 0).unwrap();
+        let second = produce(&mut log, 42, 0, 2).unwrap();
+        assert_eq!((first.base_offset, second.base_offset), (6, 8));
+        let end = log.log_end_offset();
+        let retry = produce(&mut log, 42, 0, 0).unwrap();
+        assert!(retry.duplicate);
+        assert_eq!((retry.base_offset, retry.last_offset), (6, 7));
+        assert_eq!(log.log_end_offset(), end, "a retry appends nothing");
+        assert!(matches!(
+            produce(&mut log, 42, 0, 7),
+            Err(Error::Sequence(SequenceError::OutOfOrder {
+                got: 7,
+                last: 3,
+                ..
+            }))
+        ));
+        assert_eq!(log.log_end_offset(), end);
+        let mut txn = idempotent_batch(1, 1, 0, 42, 0, 4);
+        txn[21..23].copy_from_slice(&batch::ATTR_TRANSACTIONAL.to_be_bytes());
+        let crc = crc32c::crc32c(&txn[21..]);
+        txn[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            log.append(&mut txn, 0, 0),
+            Err(Error::TransactionsUnsupported)
+        ));
+    }
+
+    #[test]
+    fn producer_state_survives_clean_restarts_and_crashes() {
+        for crash in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+            // Enough batches to roll several segments (snapshots at each roll).
+            for seq in 0..200 {
+                produce(&mut log, 7, 1, seq * 2).unwrap();
+                append_n(&mut log, 1, 0);
+            }
+            assert!(log.segment_count() > 3);
+            let state = log.producer_state().clone();
+            if crash {
+                log.sync().unwrap();
+            } else {
+                log.close().unwrap();
+            }
+            drop(log);
+            let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+            assert_eq!(log.producer_state(), &state, "crash={crash}");
+            let retry = produce(&mut log, 7, 1, 398).unwrap();
+            assert!(retry.duplicate, "crash={crash}");
+            assert!(!produce(&mut log, 7, 1, 400).unwrap().duplicate);
+        }
+    }
+
+    #[test]
+    fn producer_state_is_rebuilt_when_snapshots_are_gone_or_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        for seq in 0..100 {
+            produce(&mut log, 3, 0, seq * 2).unwrap();
+        }
+        let state = log.producer_state().clone();
+        log.close().unwrap();
+        drop(log);
+        let mut snapshots = 0;
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|e| e == "snapshot") {
+                std::fs::remove_file(p).unwrap();
+                snapshots += 1;
+            }
+        }
+        assert!(snapshots > 1);
+        // A stale snapshot from beyond the end (a tail that was cut) is ignored.
+        std::fs::write(
+            dir.path().join(format!("{:020}.snapshot", 1_000_000)),
+            ProducerState::default().encode(),
+        )
+        .unwrap();
+        let log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!(log.producer_state(), &state);
+        assert!(!dir
+            .path()
+            .join(format!("{:020}.snapshot", 1_000_000))
+            .exists());
+    }
+
+    #[test]
+    fn an_empty_log_can_start_at_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open_from(dir.path(), cfg(), 0, 5_000).unwrap();
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (5_000, 5_000)
+        );
+        let mut b = batch(2, 5, 0);
+        assert_eq!(log.append(&mut b, 0, 0).unwrap().base_offset, 5_000);
+        log.close().unwrap();
+        drop(log);
+        let log = Log::open_from(dir.path(), cfg(), 0, 0).unwrap();
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (5_000, 5_002)
+        );
     }
 }

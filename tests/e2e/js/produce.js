@@ -43,7 +43,8 @@ async function main() {
 
   const kafka = new Kafka({ clientId: 'strata-e2e-kafkajs', brokers: [bootstrap], logLevel: logLevel.WARN })
   const producer = kafka.producer({
-    idempotent: false, // InitProducerId is not supported yet
+    idempotent: true,
+    maxInFlightRequests: 1,
     allowAutoTopicCreation: false,
     createPartitioner: Partitioners.DefaultPartitioner,
   })
