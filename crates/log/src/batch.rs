@@ -273,9 +273,10 @@ pub fn headers(b: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
     })
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
-    //! Builds valid uncompressed batches for tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    //! Builds valid uncompressed batches for tests (also for other crates'
+    //! tests, with the `testing` feature).
 
     fn put_varint(out: &mut Vec<u8>, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -292,12 +293,12 @@ pub(crate) mod testing {
 
     /// A valid batch of `n` records with values of `value_len` bytes and
     /// timestamps `ts, ts+1, …`.
-    pub(crate) fn batch(n: i32, value_len: usize, ts: i64) -> Vec<u8> {
+    pub fn batch(n: i32, value_len: usize, ts: i64) -> Vec<u8> {
         idempotent_batch(n, value_len, ts, -1, -1, -1)
     }
 
     /// Like [`batch`], from an idempotent producer.
-    pub(crate) fn idempotent_batch(
+    pub fn idempotent_batch(
         n: i32,
         value_len: usize,
         ts: i64,

@@ -10,7 +10,9 @@ mod log;
 pub mod producer_state;
 mod segment;
 
-pub use crate::log::{AppendInfo, Log, LogConfig, ReadPlan, TimestampType};
+pub use crate::log::{
+    AppendInfo, Log, LogConfig, ReadPlan, RetentionLimits, SegmentInfo, TimestampType,
+};
 
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]

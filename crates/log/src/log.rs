@@ -89,6 +89,32 @@ impl Default for LogConfig {
     }
 }
 
+/// Retention limits for [`Log::apply_retention_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionLimits {
+    /// Delete segments whose newest record is older than this (-1: never).
+    pub retention_ms: i64,
+    /// Delete the oldest segments while the rest hold this much (-1: never).
+    pub retention_bytes: i64,
+    /// Never delete a segment holding this offset or a later one.
+    pub delete_below: Option<i64>,
+}
+
+/// A closed segment, as the object tier uploads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// First offset.
+    pub base_offset: i64,
+    /// Offset after the last record.
+    pub next_offset: i64,
+    /// Bytes.
+    pub size_bytes: u64,
+    /// Largest timestamp (-1 when empty).
+    pub max_timestamp: i64,
+    /// The `.log` file.
+    pub path: PathBuf,
+}
+
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -676,15 +702,34 @@ impl Log {
     /// Deletes closed segments past `retention.ms` / `retention.bytes`.
     /// Returns the base offsets of the deleted segments.
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<Vec<i64>> {
+        let limits = RetentionLimits {
+            retention_ms: self.config.retention_ms,
+            retention_bytes: self.config.retention_bytes,
+            delete_below: None,
+        };
+        self.apply_retention_with(now_ms, limits)
+    }
+
+    /// Deletes the oldest closed segments past `limits`, but never one that
+    /// reaches `delete_below` or beyond (with tiered storage: segments the
+    /// object tier does not hold yet). Returns the deleted base offsets.
+    pub fn apply_retention_with(
+        &mut self,
+        now_ms: i64,
+        limits: RetentionLimits,
+    ) -> Result<Vec<i64>> {
         let mut deleted = Vec::new();
         let mut total = self.size_bytes() as i64;
         while self.segments.len() > 1 {
             let (&base, seg) = self.segments.iter().next().expect("non-empty");
-            let by_bytes = self.config.retention_bytes >= 0
-                && total - seg.size as i64 >= self.config.retention_bytes;
-            let by_time = self.config.retention_ms >= 0
+            if limits.delete_below.is_some_and(|b| seg.next_offset > b) {
+                break;
+            }
+            let by_bytes =
+                limits.retention_bytes >= 0 && total - seg.size as i64 >= limits.retention_bytes;
+            let by_time = limits.retention_ms >= 0
                 && seg.max_timestamp >= 0
-                && now_ms - seg.max_timestamp > self.config.retention_ms;
+                && now_ms - seg.max_timestamp > limits.retention_ms;
             if !(by_bytes || by_time) {
                 break;
             }
@@ -703,6 +748,43 @@ impl Log {
             );
         }
         Ok(deleted)
+    }
+
+    /// Closed segments (every segment but the active one), oldest first.
+    pub fn closed_segments(&self) -> Vec<SegmentInfo> {
+        let n = self.segments.len().saturating_sub(1);
+        self.segments
+            .values()
+            .take(n)
+            .map(|s| SegmentInfo {
+                base_offset: s.base,
+                next_offset: s.next_offset,
+                size_bytes: s.size,
+                max_timestamp: s.max_timestamp,
+                path: segment::log_path(&self.dir, s.base),
+            })
+            .collect()
+    }
+
+    /// A segment's offset and time indexes, encoded as on disk.
+    pub fn segment_index_bytes(&self, base_offset: i64) -> Option<(Vec<u8>, Vec<u8>)> {
+        let s = self.segments.get(&base_offset)?;
+        Some((s.index.encode(), s.time_index.encode()))
+    }
+
+    /// Bytes of the segments that hold offsets at or after `offset`.
+    pub fn size_bytes_from(&self, offset: i64) -> u64 {
+        self.segments
+            .values()
+            .filter(|s| s.next_offset > offset || s.base >= offset)
+            .map(|s| s.size)
+            .sum()
+    }
+
+    /// Replaces the idempotent producer state (a log continued from another
+    /// copy of its history, such as the object tier).
+    pub fn restore_producer_state(&mut self, state: ProducerState) {
+        self.producers = state;
     }
 
     fn remove_snapshots_below(&self, offset: i64) -> Result<()> {
