@@ -52,6 +52,8 @@ pub struct BrokerConfig {
     pub log: LogDefaults,
     /// Consumer groups and committed offsets.
     pub groups: crate::groups::GroupConfig,
+    /// The object tier.
+    pub tier: strata_tier::TierConfig,
 }
 
 /// Broker-level defaults of the per-topic log settings.
@@ -79,6 +81,19 @@ pub struct LogDefaults {
     /// `producer.id.expiration.ms`: idempotent producer state is kept this
     /// long after a producer's last batch.
     pub producer_id_expiration_ms: i64,
+    /// `remote.storage.enable` for topics that do not set it.
+    pub remote_storage_enable: bool,
+    /// `local.retention.ms` for topics that do not set it (-2: `retention.ms`).
+    pub local_retention_ms: i64,
+    /// `local.retention.bytes` for topics that do not set it (-2: `retention.bytes`).
+    pub local_retention_bytes: i64,
+    /// Produce is refused (retriably, KAFKA_STORAGE_ERROR) while the data
+    /// directory's filesystem has less free space than this.
+    pub disk_free_min_bytes: u64,
+    /// Produce is refused (retriably) while the partitions' local segments
+    /// take more than this in all (0: no limit). With remote storage, set it
+    /// above the hot windows plus room for uploads to fall behind.
+    pub disk_usage_max_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -97,6 +112,7 @@ impl Default for BrokerConfig {
             shutdown_timeout_ms: 10_000,
             log: LogDefaults::default(),
             groups: crate::groups::GroupConfig::default(),
+            tier: strata_tier::TierConfig::default(),
         }
     }
 }
@@ -115,6 +131,11 @@ impl Default for LogDefaults {
             flush: FlushPolicy::EveryBatch,
             flush_interval_ms: 1000,
             producer_id_expiration_ms: log.producer_expiration_ms,
+            remote_storage_enable: false,
+            local_retention_ms: -2,
+            local_retention_bytes: -2,
+            disk_free_min_bytes: 256 << 20,
+            disk_usage_max_bytes: 0,
         }
     }
 }
@@ -138,6 +159,7 @@ impl BrokerConfig {
             return Err("max_connections must be at least 1".into());
         }
         self.groups.validate()?;
+        self.tier.validate()?;
         if self.log.producer_id_expiration_ms < 1 {
             return Err("log.producer_id_expiration_ms must be >= 1".into());
         }
@@ -146,7 +168,7 @@ impl BrokerConfig {
         }
         // The topic-level validation covers the rest of [log].
         crate::topic_config::TopicConfig::default()
-            .resolve(&self.log)
+            .settings(&self.log)
             .map(|_| ())
             .map_err(|e| format!("[log]: {e}"))
     }

@@ -369,6 +369,8 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Rep
         return Reply::Now(ResponseKind::Produce(resp));
     }
     let by_id = version >= 13;
+    // The local disk policy: refuse (retriably) rather than fill the disk.
+    let disk = broker.check_disk();
     // Resolve and copy the records (the log patches offsets in place).
     let mut work: Vec<(usize, i32, Result<(Arc<Partition>, BytesMut), ApiError>)> = Vec::new();
     for (ti, t) in req.topic_data.iter().enumerate() {
@@ -376,7 +378,8 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Rep
         for p in &t.partition_data {
             let target = topic
                 .clone()
-                .and_then(|topic| resolve_partition(&topic, p.index));
+                .and_then(|topic| resolve_partition(&topic, p.index))
+                .and_then(|part| disk.clone().map(|()| part));
             let item = target.and_then(|part| match &p.records {
                 Some(r) if !r.is_empty() => Ok((part, BytesMut::from(&r[..]))),
                 _ => Err(ApiError::new(
@@ -559,9 +562,7 @@ fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
             let notified = broker.data_available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let t = targets.clone();
-            let read = tokio::task::spawn_blocking(move || read_partitions(&t, max_bytes)).await;
-            let (parts, bytes, errors) = match read {
+            let (parts, bytes, errors) = match read_all(&broker, &targets, max_bytes).await {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(error = %e, "fetch read task failed");
@@ -596,19 +597,111 @@ fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     }))
 }
 
-/// Reads every fetched partition. Returns the partition answers, the bytes
-/// read and whether any partition has an error. Blocking.
-fn read_partitions(
-    targets: &[FetchTarget],
+/// A partition answer, or a cold read still to do for it.
+enum Slot {
+    Done(PartitionData),
+    Cold {
+        pd: PartitionData,
+        partition: Arc<Partition>,
+        offset: i64,
+        limit: usize,
+    },
+}
+
+/// Reads every fetched partition: local ones in one blocking pass, those
+/// below the local log start from the object tier concurrently; then applies
+/// the response byte limit in request order (the first partition with data
+/// always keeps its first batch). Returns the answers, the bytes and whether
+/// any partition has an error.
+async fn read_all(
+    broker: &Arc<Broker>,
+    targets: &Arc<Vec<FetchTarget>>,
     max_bytes: usize,
-) -> (Vec<(usize, PartitionData)>, usize, bool) {
-    let mut out = Vec::with_capacity(targets.len());
+) -> Result<(Vec<(usize, PartitionData)>, usize, bool), tokio::task::JoinError> {
+    let t = targets.clone();
+    let mut slots = tokio::task::spawn_blocking(move || read_partitions(&t, max_bytes)).await?;
+    let cold: Vec<usize> = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.1, Slot::Cold { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    if !cold.is_empty() {
+        let timeout = Duration::from_millis(broker.config().tier.request_timeout_ms);
+        let reads = cold.iter().map(|&i| {
+            let (partition, offset, limit) = match &slots[i].1 {
+                Slot::Cold {
+                    partition,
+                    offset,
+                    limit,
+                    ..
+                } => (partition.clone(), *offset, *limit),
+                Slot::Done(_) => unreachable!("filtered"),
+            };
+            let tier = broker.tier().clone();
+            async move {
+                let id = partition.remote_id();
+                let r = tokio::time::timeout(timeout, tier.read(&id, offset, limit, true)).await;
+                (i, r)
+            }
+        });
+        for (i, r) in futures::future::join_all(reads).await {
+            let Slot::Cold {
+                mut pd,
+                partition,
+                offset,
+                ..
+            } = std::mem::replace(&mut slots[i].1, Slot::Done(PartitionData::default()))
+            else {
+                unreachable!("filtered");
+            };
+            match r {
+                Ok(Ok(bytes)) => pd.records = Some(bytes),
+                Ok(Err(e)) => {
+                    warn!(topic = %partition.topic, partition = partition.index, offset, error = %e, "cold read failed");
+                    pd.error_code = ResponseError::KafkaStorageError.code();
+                    pd.records = Some(Bytes::new());
+                }
+                Err(_) => {
+                    warn!(topic = %partition.topic, partition = partition.index, offset, "cold read timed out");
+                    pd.error_code = ResponseError::KafkaStorageError.code();
+                    pd.records = Some(Bytes::new());
+                }
+            }
+            slots[i].1 = Slot::Done(pd);
+        }
+    }
     let mut total = 0usize;
     let mut any_error = false;
+    let mut out = Vec::with_capacity(slots.len());
+    for (topic, slot) in slots {
+        let Slot::Done(mut pd) = slot else {
+            unreachable!("cold reads are done");
+        };
+        if pd.error_code != 0 {
+            any_error = true;
+        }
+        let len = pd.records.as_ref().map_or(0, |r| r.len());
+        if len > 0 && total > 0 && total + len > max_bytes {
+            pd.records = Some(Bytes::new());
+        } else {
+            total += len;
+        }
+        out.push((topic, pd));
+    }
+    Ok((out, total, any_error))
+}
+
+/// Reads the fetched partitions held locally; those only the object tier
+/// holds become cold slots. Blocking.
+fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<(usize, Slot)> {
+    let mut out = Vec::with_capacity(targets.len());
+    let mut total = 0usize;
     for t in targets {
         let mut pd = PartitionData::default();
         pd.partition_index = t.index;
         pd.aborted_transactions = None;
+        let mut cold: Option<(Arc<Partition>, usize)> = None;
         let result = t.partition.clone().and_then(|p| {
             let offsets = p.offsets();
             pd.high_watermark = offsets.high_watermark;
@@ -627,6 +720,22 @@ fn read_partitions(
                 return Ok(Bytes::new());
             }
             let limit = t.max_bytes.min(max_bytes - total);
+            if t.offset < offsets.local_start {
+                if offsets
+                    .remote
+                    .is_some_and(|(s, e)| s <= t.offset && t.offset < e)
+                {
+                    cold = Some((p.clone(), limit));
+                    return Ok(Bytes::new());
+                }
+                return Err(ApiError::new(
+                    ResponseError::OffsetOutOfRange,
+                    format!(
+                        "offset {} is neither on local disk nor in the object tier",
+                        t.offset
+                    ),
+                ));
+            }
             // The first batch of the response goes out whole even if larger
             // than the limits, so a consumer can always make progress (KIP-74).
             let min_one = total == 0;
@@ -635,21 +744,32 @@ fn read_partitions(
                 .map_err(ApiError::from)?;
             plan.read(limit, min_one).map_err(ApiError::storage)
         });
-        match result {
-            Ok(bytes) => {
+        match (result, cold) {
+            (Ok(_), Some((partition, limit))) => {
+                out.push((
+                    t.topic,
+                    Slot::Cold {
+                        pd,
+                        partition,
+                        offset: t.offset,
+                        limit,
+                    },
+                ));
+                continue;
+            }
+            (Ok(bytes), None) => {
                 total += bytes.len();
                 pd.records = Some(bytes);
             }
-            Err(e) => {
+            (Err(e), _) => {
                 debug!(partition = t.index, error = %e.message, "fetch partition error");
-                any_error = true;
                 pd.error_code = e.code();
                 pd.records = Some(Bytes::new());
             }
         }
-        out.push((t.topic, pd));
+        out.push((t.topic, Slot::Done(pd)));
     }
-    (out, total, any_error)
+    out
 }
 
 // ---------------------------------------------------------------- ListOffsets
@@ -658,7 +778,7 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
-const EARLIEST_TIERED: i64 = -5;
+const LATEST_TIERED: i64 = -5;
 
 /// The first record of `batch_bytes` with a timestamp at or after `ts`.
 fn first_record_at_or_after(batch_bytes: &Bytes, ts: i64) -> Option<(i64, i64)> {
@@ -681,27 +801,96 @@ fn first_record_at_or_after(batch_bytes: &Bytes, ts: i64) -> Option<(i64, i64)> 
         .map(|r| (r.offset, r.timestamp))
 }
 
-fn lookup_offset(p: &Partition, ts: i64) -> Result<(i64, i64), ApiError> {
+/// Runs a blocking lookup on the partition's log.
+async fn on_log<T: Send + 'static>(
+    p: &Arc<Partition>,
+    f: impl FnOnce(&mut strata_log::Log) -> Result<T, strata_log::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let p = p.clone();
+    tokio::task::spawn_blocking(move || p.with_log(f))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+fn cold_error(p: &Partition, e: strata_tier::Error) -> ApiError {
+    warn!(topic = %p.topic, partition = p.index, error = %e, "object tier lookup failed");
+    ApiError::new(
+        ResponseError::KafkaStorageError,
+        format!("object tier: {e}"),
+    )
+}
+
+async fn lookup_offset(
+    broker: &Arc<Broker>,
+    p: &Arc<Partition>,
+    ts: i64,
+) -> Result<(i64, i64), ApiError> {
     let offsets = p.offsets();
     match ts {
         LATEST => Ok((offsets.high_watermark, -1)),
-        EARLIEST | EARLIEST_LOCAL => Ok((offsets.log_start, -1)),
-        EARLIEST_TIERED => Ok((-1, -1)),
+        EARLIEST => Ok((offsets.log_start, -1)),
+        EARLIEST_LOCAL => Ok((offsets.local_start, -1)),
+        // KIP-1005: the highest offset the object tier holds.
+        LATEST_TIERED => Ok((offsets.remote.map_or(-1, |(_, end)| end - 1), -1)),
         MAX_TIMESTAMP => {
-            let batch = p.with_log(|l| l.find_batch_with_max_timestamp())?;
-            Ok(batch
+            let local = on_log(p, |l| l.find_batch_with_max_timestamp())
+                .await?
                 .and_then(|b| {
                     let h = batch::parse_header(&b).ok()?;
                     first_record_at_or_after(&b, h.max_timestamp)
+                });
+            let remote_max = broker
+                .tier()
+                .loaded_partition(p.topic_id, p.index)
+                .map(|rp| {
+                    let m = rp.manifest();
+                    let chunks = m.chunks.iter().map(|c| c.max_timestamp);
+                    chunks
+                        .chain(m.segments.iter().map(|s| s.max_timestamp))
+                        .max()
+                        .unwrap_or(-1)
                 })
-                .unwrap_or((-1, -1)))
+                .unwrap_or(-1);
+            if remote_max >= 0 && local.is_none_or(|(_, t)| remote_max > t) {
+                let b = broker
+                    .tier()
+                    .batch_for_timestamp(&p.remote_id(), remote_max)
+                    .await
+                    .map_err(|e| cold_error(p, e))?;
+                if let Some(found) = b.and_then(|b| first_record_at_or_after(&b, remote_max)) {
+                    return Ok(found);
+                }
+            }
+            Ok(local.unwrap_or((-1, -1)))
         }
         ts if ts < 0 => Err(ApiError::new(
             ResponseError::InvalidRequest,
             format!("unknown special timestamp {ts}"),
         )),
         ts => {
-            let batch = p.with_log(|l| l.find_batch_by_timestamp(ts))?;
+            // The object tier holds the older history: look there first.
+            if offsets
+                .remote
+                .is_some_and(|(start, _)| start < offsets.local_start)
+            {
+                let b = broker
+                    .tier()
+                    .batch_for_timestamp(&p.remote_id(), ts)
+                    .await
+                    .map_err(|e| cold_error(p, e))?;
+                if let Some(b) = b {
+                    let base = batch::parse_header(&b)
+                        .map(|h| h.base_offset)
+                        .unwrap_or(i64::MAX);
+                    if base < offsets.local_start {
+                        if let Some(found) = first_record_at_or_after(&b, ts) {
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+            let batch = on_log(p, move |l| l.find_batch_by_timestamp(ts)).await?;
             Ok(batch
                 .and_then(|b| first_record_at_or_after(&b, ts))
                 .unwrap_or((-1, -1)))
@@ -714,50 +903,44 @@ async fn list_offsets(
     req: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
-    let broker = broker.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut resp = ListOffsetsResponse::default();
-        for t in &req.topics {
-            let topic = broker
-                .topic(&t.name.0)
-                .ok_or_else(|| ApiError::unknown_topic(&t.name.0));
-            let mut tr = ListOffsetsTopicResponse::default();
-            tr.name = t.name.clone();
-            for p in &t.partitions {
-                let mut pr = ListOffsetsPartitionResponse::default();
-                pr.partition_index = p.partition_index;
-                let found = topic
-                    .clone()
-                    .and_then(|topic| resolve_partition(&topic, p.partition_index))
-                    .and_then(|part| {
-                        let r = lookup_offset(&part, p.timestamp)?;
-                        Ok((r, part.leader_epoch))
-                    });
-                match found {
-                    Ok(((offset, ts), epoch)) => {
-                        pr.offset = offset;
-                        pr.timestamp = ts;
-                        if version >= 4 {
-                            pr.leader_epoch = epoch;
-                        }
-                    }
-                    Err(e) => {
-                        pr.error_code = e.code();
-                        pr.offset = -1;
-                        pr.timestamp = -1;
+    let mut resp = ListOffsetsResponse::default();
+    for t in &req.topics {
+        let topic = broker
+            .topic(&t.name.0)
+            .ok_or_else(|| ApiError::unknown_topic(&t.name.0));
+        let mut tr = ListOffsetsTopicResponse::default();
+        tr.name = t.name.clone();
+        for p in &t.partitions {
+            let mut pr = ListOffsetsPartitionResponse::default();
+            pr.partition_index = p.partition_index;
+            let part = topic
+                .clone()
+                .and_then(|topic| resolve_partition(&topic, p.partition_index));
+            let found = match part {
+                Ok(part) => lookup_offset(broker, &part, p.timestamp)
+                    .await
+                    .map(|r| (r, part.leader_epoch)),
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok(((offset, ts), epoch)) => {
+                    pr.offset = offset;
+                    pr.timestamp = ts;
+                    if version >= 4 {
+                        pr.leader_epoch = epoch;
                     }
                 }
-                tr.partitions.push(pr);
+                Err(e) => {
+                    pr.error_code = e.code();
+                    pr.offset = -1;
+                    pr.timestamp = -1;
+                }
             }
-            resp.topics.push(tr);
+            tr.partitions.push(pr);
         }
-        resp
-    })
-    .await;
-    result.unwrap_or_else(|e| {
-        warn!(error = %e, "list offsets task failed");
-        ListOffsetsResponse::default()
-    })
+        resp.topics.push(tr);
+    }
+    resp
 }
 
 // ---------------------------------------------------------------- Topics
@@ -959,6 +1142,7 @@ fn topic_config_type(name: &str) -> i8 {
         "cleanup.policy" => TYPE_LIST,
         "compression.type" | "message.timestamp.type" => TYPE_STRING,
         "index.interval.bytes" | "max.message.bytes" | "segment.bytes" => TYPE_INT,
+        "remote.storage.enable" => TYPE_BOOLEAN,
         _ => TYPE_LONG,
     }
 }

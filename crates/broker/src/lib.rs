@@ -14,6 +14,7 @@ pub mod handlers;
 pub mod metadata;
 pub mod server;
 pub mod state;
+pub mod tiering;
 pub mod topic_config;
 
 pub use config::{BrokerConfig, FlushPolicy, LogDefaults};

@@ -271,9 +271,22 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
     ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
+    let tier = broker.tier().clone();
+    let tier_task = tokio::spawn(tier.clone().run(
+        broker.clone() as Arc<dyn strata_tier::TierHost>,
+        retention,
+        shutdown.clone(),
+    ));
+    let mut snapshot_tick = tokio::time::interval(Duration::from_millis(
+        tier.config().metadata_snapshot_interval_ms,
+    ));
+    snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = snapshot_tick.tick() => {
+                crate::tiering::snapshot_metadata(&broker).await;
+            }
             _ = group_tick.tick() => {
                 let b = broker.clone();
                 if let Err(e) = tokio::task::spawn_blocking(move || b.groups().tick()).await {
@@ -301,5 +314,6 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
             }
         }
     }
+    let _ = tier_task.await;
     info!("background tasks stopped");
 }

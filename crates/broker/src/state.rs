@@ -24,7 +24,9 @@ use crate::config::{BrokerConfig, FlushPolicy};
 use crate::error::ApiError;
 use crate::groups::{GroupCoordinator, OffsetStore};
 use crate::metadata::{FileMetadataStore, MetadataStore, TopicRecord};
+use crate::topic_config::StoragePolicy;
 use crate::topic_config::TopicConfig;
+use strata_tier::{PartitionId, Tier};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -68,6 +70,8 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
 pub struct Partition {
     /// Topic name.
     pub topic: String,
+    /// Topic id.
+    pub topic_id: Uuid,
     /// Partition index.
     pub index: i32,
     /// Leader epoch (constant on one broker, carried for the cluster model).
@@ -76,19 +80,25 @@ pub struct Partition {
     /// Serializes fsyncs so concurrent producers share one (group commit).
     sync_lock: Mutex<()>,
     flush: FlushPolicy,
+    policy: RwLock<StoragePolicy>,
+    pub(crate) tier: Arc<Tier>,
 }
 
 /// Offsets of a partition at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionOffsets {
-    /// First offset held.
+    /// First offset held, locally or in the object tier.
     pub log_start: i64,
+    /// First offset held on local disk.
+    pub local_start: i64,
     /// Next offset to be written.
     pub log_end: i64,
     /// Readers see offsets below this.
     pub high_watermark: i64,
     /// Bytes on local disk.
     pub size_bytes: u64,
+    /// The object tier's range `[start, end)`, when it holds anything.
+    pub remote: Option<(i64, i64)>,
 }
 
 impl Partition {
@@ -100,12 +110,51 @@ impl Partition {
 
     /// Current offsets.
     pub fn offsets(&self) -> PartitionOffsets {
-        self.with_log(|l| PartitionOffsets {
-            log_start: l.log_start_offset(),
-            log_end: l.log_end_offset(),
-            high_watermark: l.high_watermark(),
-            size_bytes: l.size_bytes(),
+        let remote = self.remote_range();
+        self.with_log(|l| {
+            let local_start = l.log_start_offset();
+            PartitionOffsets {
+                log_start: remote.map_or(local_start, |(s, _)| s.min(local_start)),
+                local_start,
+                log_end: l.log_end_offset(),
+                high_watermark: l.high_watermark(),
+                size_bytes: l.size_bytes(),
+                remote,
+            }
         })
+    }
+
+    /// The object tier's `[start, end)` for this partition, if it holds anything.
+    pub fn remote_range(&self) -> Option<(i64, i64)> {
+        let rp = self.tier.loaded_partition(self.topic_id, self.index)?;
+        let m = rp.manifest();
+        (!m.is_empty()).then(|| (m.log_start_offset, m.next_offset()))
+    }
+
+    /// The offset below which everything is in the object tier (`None`
+    /// until its manifest is loaded).
+    pub fn uploaded_until(&self) -> Option<i64> {
+        self.tier
+            .loaded_partition(self.topic_id, self.index)
+            .map(|rp| rp.next_offset())
+    }
+
+    /// The partition as the object tier names it.
+    pub fn remote_id(&self) -> PartitionId {
+        PartitionId {
+            topic: self.topic.clone(),
+            topic_id: self.topic_id,
+            partition: self.index,
+        }
+    }
+
+    /// Tiered-storage settings.
+    pub fn policy(&self) -> StoragePolicy {
+        *self.policy.read().expect("policy lock")
+    }
+
+    pub(crate) fn set_policy(&self, p: StoragePolicy) {
+        *self.policy.write().expect("policy lock") = p;
     }
 
     /// Appends a produce request's records. Blocking (file I/O).
@@ -197,6 +246,12 @@ pub struct Broker {
     groups: GroupCoordinator,
     /// Producer ids reserved from the metadata store and not yet handed out.
     producer_ids: Mutex<std::ops::Range<i64>>,
+    /// The object tier.
+    tier: Arc<Tier>,
+    /// Local disk use, refreshed at most every second, for the produce guard.
+    pub(crate) disk: crate::tiering::DiskGuard,
+    /// Bumped on every metadata change, so snapshots to the tier know when to run.
+    pub(crate) metadata_version: std::sync::atomic::AtomicU64,
 }
 
 /// Producer ids reserved from the metadata store at a time.
@@ -218,17 +273,30 @@ pub struct PartitionLag {
 }
 
 impl Broker {
-    /// Opens the data directory: metadata, then every partition's log
-    /// (recovering those not closed cleanly). Blocking.
-    pub fn open(config: BrokerConfig) -> anyhow::Result<Arc<Self>> {
+    /// Connects to the object tier, restores the broker's metadata from it
+    /// when the data directory is empty, then opens the data directory:
+    /// metadata, committed offsets and every partition's log (recovering
+    /// those not closed cleanly; a partition with no local data continues
+    /// where the object tier ends).
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Self>> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let tier = Tier::open(config.tier.clone(), &config.data_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("object tier: {e}"))?;
         let meta_dir = config.data_dir.join("meta");
-        let store = FileMetadataStore::open(&meta_dir)?;
+        crate::tiering::restore_metadata(&tier, &meta_dir).await?;
+        let (store, offsets) = {
+            let dir = meta_dir.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                Ok((FileMetadataStore::open(&dir)?, OffsetStore::open(&dir)?))
+            })
+            .await??
+        };
         let image = store.image();
-        let offsets = OffsetStore::open(&meta_dir)?;
         let logs_dir = config.data_dir.join("logs");
         std::fs::create_dir_all(&logs_dir)?;
-        let broker = Self {
+        let resume = crate::tiering::resume_points(&tier, &image, &logs_dir, &config).await?;
+        let broker = Arc::new(Self {
             cluster_id: image.cluster_id.clone(),
             logs_dir,
             topics: RwLock::new(HashMap::new()),
@@ -238,21 +306,35 @@ impl Broker {
             store: Arc::new(store),
             groups: GroupCoordinator::new(config.groups.clone(), offsets),
             producer_ids: Mutex::new(0..0),
+            disk: crate::tiering::DiskGuard::default(),
+            metadata_version: std::sync::atomic::AtomicU64::new(1),
+            tier,
             config,
-        };
-        broker.remove_stale_dirs(&image.topics)?;
-        let mut topics = HashMap::new();
-        for rec in image.topics.values() {
-            let topic = broker.open_topic(rec)?;
-            topics.insert(rec.name.clone(), topic);
-        }
-        info!(
-            topics = topics.len(),
-            cluster_id = %broker.cluster_id,
-            "metadata and logs loaded"
-        );
-        *broker.topics.write().expect("topics lock") = topics;
-        Ok(Arc::new(broker))
+        });
+        let b = broker.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            b.remove_stale_dirs(&image.topics)?;
+            let mut topics = HashMap::new();
+            for rec in image.topics.values() {
+                let topic = b.open_topic(rec, &resume)?;
+                topics.insert(rec.name.clone(), topic);
+            }
+            info!(
+                topics = topics.len(),
+                cluster_id = %b.cluster_id,
+                "metadata and logs loaded"
+            );
+            *b.topics.write().expect("topics lock") = topics;
+            Ok(())
+        })
+        .await??;
+        crate::tiering::load_remote_partitions(&broker).await;
+        Ok(broker)
+    }
+
+    /// The object tier.
+    pub fn tier(&self) -> &Arc<Tier> {
+        &self.tier
     }
 
     fn remove_stale_dirs(
@@ -286,33 +368,52 @@ impl Broker {
     fn open_partition(
         &self,
         rec: &TopicRecord,
-        log_config: &LogConfig,
+        settings: &(LogConfig, StoragePolicy),
         index: i32,
+        resume: &crate::tiering::ResumePoints,
     ) -> anyhow::Result<Arc<Partition>> {
         let dir = self.partition_dir(&rec.name, index);
         let marker = dir.join(PARTITION_METADATA);
         let fresh = !marker.exists();
-        let log = Log::open(&dir, log_config.clone(), now_ms())?;
+        let (log_config, policy) = settings;
+        let log = match resume.get(&(rec.id, index)) {
+            Some((offset, snapshot)) if fresh => {
+                let mut log = Log::open_from(&dir, log_config.clone(), now_ms(), *offset)?;
+                if let Some(state) = strata_log::producer_state::ProducerState::decode(snapshot) {
+                    log.restore_producer_state(state);
+                }
+                info!(topic = %rec.name, partition = index, offset, "partition continues where the object tier ends");
+                log
+            }
+            _ => Log::open(&dir, log_config.clone(), now_ms())?,
+        };
         if fresh {
             write_file_synced(&marker, rec.id.to_string().as_bytes())?;
         }
         Ok(Arc::new(Partition {
             topic: rec.name.clone(),
+            topic_id: rec.id,
             index,
             leader_epoch: rec.leader_epochs.get(index as usize).copied().unwrap_or(0),
             log: Mutex::new(log),
             sync_lock: Mutex::new(()),
             flush: self.config.log.flush,
+            policy: RwLock::new(*policy),
+            tier: self.tier.clone(),
         }))
     }
 
-    fn open_topic(&self, rec: &TopicRecord) -> anyhow::Result<Arc<Topic>> {
+    fn open_topic(
+        &self,
+        rec: &TopicRecord,
+        resume: &crate::tiering::ResumePoints,
+    ) -> anyhow::Result<Arc<Topic>> {
         let configs = TopicConfig(rec.configs.clone());
-        let log_config = configs
-            .resolve(&self.config.log)
+        let settings = configs
+            .settings(&self.config.log)
             .map_err(anyhow::Error::msg)?;
         let partitions = (0..rec.partitions)
-            .map(|i| self.open_partition(rec, &log_config, i))
+            .map(|i| self.open_partition(rec, &settings, i, resume))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Arc::new(Topic {
             name: rec.name.clone(),
@@ -416,6 +517,19 @@ impl Broker {
         out
     }
 
+    /// Notes a metadata change, for the next snapshot to the object tier.
+    pub(crate) fn metadata_changed(self: &Arc<Self>) {
+        self.metadata_version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let this = self.clone();
+        tokio::spawn(async move { crate::tiering::snapshot_metadata(&this).await });
+    }
+
+    /// The metadata store's image (topics, ids, configs).
+    pub fn metadata_image(&self) -> crate::metadata::MetadataImage {
+        self.store.image()
+    }
+
     /// Wakes fetches waiting for data.
     pub fn notify_data(&self) {
         self.data_available.notify_waiters();
@@ -447,8 +561,8 @@ impl Broker {
                 format!("{partitions} partitions is more than this broker allows (100000)"),
             ));
         }
-        let log_config = configs
-            .resolve(&self.config.log)
+        let settings = configs
+            .settings(&self.config.log)
             .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
         let _admin = self.admin.lock().await;
         if self.topic(name).is_some() {
@@ -475,8 +589,9 @@ impl Broker {
         let this = self.clone();
         let topic = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Topic>> {
             this.store.put_topic(rec.clone())?;
+            let none = crate::tiering::ResumePoints::new();
             let parts = (0..rec.partitions)
-                .map(|i| this.open_partition(&rec, &log_config, i))
+                .map(|i| this.open_partition(&rec, &settings, i, &none))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Ok(Arc::new(Topic {
                 name: rec.name.clone(),
@@ -493,6 +608,7 @@ impl Broker {
             .expect("topics lock")
             .insert(name.to_string(), topic.clone());
         info!(topic = name, partitions, id = %topic.id, "topic created");
+        self.metadata_changed();
         Ok(topic)
     }
 
@@ -530,6 +646,16 @@ impl Broker {
         let _ = tokio::task::spawn_blocking(move || this.groups.topic_deleted(&name_owned)).await;
         self.notify_data();
         info!(topic = name, %id, "topic deleted");
+        self.metadata_changed();
+        // The object tier's copy goes in the background; a crash before it
+        // finishes leaves objects the start-up garbage collection removes.
+        let tier = self.tier.clone();
+        let name_owned = name.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = tier.delete_topic(&name_owned, id).await {
+                warn!(topic = %name_owned, %id, error = %e, "cannot delete the topic's objects now; they are removed at next start");
+            }
+        });
         Ok(id)
     }
 
@@ -566,8 +692,8 @@ impl Broker {
         let topic2 = topic.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let configs = topic2.configs();
-            let log_config = configs
-                .resolve(&this.config.log)
+            let settings = configs
+                .settings(&this.config.log)
                 .map_err(anyhow::Error::msg)?;
             let rec = TopicRecord {
                 name: topic2.name.clone(),
@@ -578,8 +704,9 @@ impl Broker {
             };
             this.store.put_topic(rec.clone())?;
             let mut parts = topic2.partitions.write().expect("partitions lock");
+            let none = crate::tiering::ResumePoints::new();
             for i in current..count {
-                parts.push(this.open_partition(&rec, &log_config, i)?);
+                parts.push(this.open_partition(&rec, &settings, i, &none)?);
             }
             Ok(())
         })
@@ -587,6 +714,7 @@ impl Broker {
         .map_err(ApiError::internal)?
         .map_err(ApiError::storage)?;
         info!(topic = name, from = current, to = count, "partitions added");
+        self.metadata_changed();
         Ok(())
     }
 
@@ -597,13 +725,23 @@ impl Broker {
         configs: TopicConfig,
         validate_only: bool,
     ) -> Result<(), ApiError> {
-        let log_config = configs
-            .resolve(&self.config.log)
+        let (log_config, policy) = configs
+            .settings(&self.config.log)
             .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
         let _admin = self.admin.lock().await;
         let topic = self
             .topic(name)
             .ok_or_else(|| ApiError::unknown_topic(name))?;
+        let was_remote = topic
+            .configs()
+            .storage_policy(&self.config.log)
+            .is_ok_and(|p| p.remote);
+        if was_remote && !policy.remote {
+            return Err(ApiError::new(
+                ResponseError::InvalidConfig,
+                format!("remote.storage.enable cannot be turned off for '{name}': its history is in the object tier"),
+            ));
+        }
         if validate_only {
             return Ok(());
         }
@@ -622,8 +760,10 @@ impl Broker {
         *topic.configs.write().expect("configs lock") = configs;
         for p in topic.partitions() {
             p.with_log(|l| l.set_config(log_config.clone()));
+            p.set_policy(policy);
         }
         info!(topic = name, "topic configs changed");
+        self.metadata_changed();
         Ok(())
     }
 
@@ -633,10 +773,27 @@ impl Broker {
         let now = now_ms();
         for topic in self.topics() {
             for p in topic.partitions() {
+                let policy = p.policy();
+                let limits = if policy.remote {
+                    // Only segments the object tier holds may go, and only
+                    // beyond the hot window.
+                    let uploaded = p.uploaded_until().unwrap_or(i64::MIN);
+                    strata_log::RetentionLimits {
+                        retention_ms: policy.local_retention_ms,
+                        retention_bytes: policy.local_retention_bytes,
+                        delete_below: Some(uploaded),
+                    }
+                } else {
+                    strata_log::RetentionLimits {
+                        retention_ms: policy.retention_ms,
+                        retention_bytes: policy.retention_bytes,
+                        delete_below: None,
+                    }
+                };
                 let res = p.with_log(|l| {
                     l.maybe_roll_idle(now)?;
                     l.expire_producers(now);
-                    l.apply_retention(now)
+                    l.apply_retention_with(now, limits)
                 });
                 if let Err(e) = res {
                     warn!(topic = %p.topic, partition = p.index, error = %e, "retention pass failed");

@@ -31,12 +31,24 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
         doc: "bytes of log between offset index entries",
     },
     ConfigKey {
+        name: "local.retention.bytes",
+        doc: "with remote storage: per-partition local size above which uploaded segments are dropped locally (-2: retention.bytes)",
+    },
+    ConfigKey {
+        name: "local.retention.ms",
+        doc: "with remote storage: age after which uploaded segments are dropped locally (-2: retention.ms)",
+    },
+    ConfigKey {
         name: "max.message.bytes",
         doc: "largest record batch accepted",
     },
     ConfigKey {
         name: "message.timestamp.type",
         doc: "CreateTime or LogAppendTime",
+    },
+    ConfigKey {
+        name: "remote.storage.enable",
+        doc: "upload closed segments to the object tier and serve older offsets from it",
     },
     ConfigKey {
         name: "retention.bytes",
@@ -81,6 +93,31 @@ pub(crate) fn parse_timestamp_type(value: &str) -> Result<TimestampType, String>
     }
 }
 
+fn parse_bool(name: &str, value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{name}: '{value}' is not true or false")),
+    }
+}
+
+/// Where a partition's data lives and for how long: the tiered-storage
+/// settings resolved against the broker defaults (`-2` local values taken
+/// from the total ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoragePolicy {
+    /// `remote.storage.enable`.
+    pub remote: bool,
+    /// `retention.ms`, local plus remote.
+    pub retention_ms: i64,
+    /// `retention.bytes`, local plus remote.
+    pub retention_bytes: i64,
+    /// `local.retention.ms`: the hot window by age.
+    pub local_retention_ms: i64,
+    /// `local.retention.bytes`: the hot window by size.
+    pub local_retention_bytes: i64,
+}
+
 /// Validates one key and value.
 pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
     match name {
@@ -106,6 +143,8 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
         }),
         "message.timestamp.type" => parse_timestamp_type(value).map(drop),
         "retention.bytes" | "retention.ms" => parse_i64(name, value, -1).map(drop),
+        "local.retention.bytes" | "local.retention.ms" => parse_i64(name, value, -2).map(drop),
+        "remote.storage.enable" => parse_bool(name, value).map(drop),
         "segment.bytes" => parse_i64(name, value, 14).and_then(|v| {
             if v > i32::MAX as i64 {
                 Err(format!("{name}: {v} is above {}", i32::MAX))
@@ -143,12 +182,44 @@ impl TopicConfig {
             "max.message.bytes" => defaults.max_message_bytes.to_string(),
             "message.timestamp.type" => defaults.message_timestamp_type.clone(),
             "retention.bytes" => defaults.retention_bytes.to_string(),
+            "local.retention.bytes" => defaults.local_retention_bytes.to_string(),
+            "local.retention.ms" => defaults.local_retention_ms.to_string(),
+            "remote.storage.enable" => defaults.remote_storage_enable.to_string(),
             "retention.ms" => defaults.retention_ms.to_string(),
             "segment.bytes" => defaults.segment_bytes.to_string(),
             "segment.ms" => defaults.segment_ms.to_string(),
             _ => String::new(),
         };
         (d, true)
+    }
+
+    /// The tiered-storage settings this topic runs with. Like Kafka, a local
+    /// retention larger than the total one is refused.
+    pub fn storage_policy(&self, defaults: &LogDefaults) -> Result<StoragePolicy, String> {
+        let get = |name: &str| self.value_of(name, defaults).0;
+        let retention_ms = parse_i64("retention.ms", &get("retention.ms"), -1)?;
+        let retention_bytes = parse_i64("retention.bytes", &get("retention.bytes"), -1)?;
+        let local = |name: &str, total: i64| -> Result<i64, String> {
+            match parse_i64(name, &get(name), -2)? {
+                -2 => Ok(total),
+                v if total >= 0 && (v == -1 || v > total) => Err(format!(
+                    "{name} ({v}) cannot be more than the total retention ({total})"
+                )),
+                v => Ok(v),
+            }
+        };
+        Ok(StoragePolicy {
+            remote: parse_bool("remote.storage.enable", &get("remote.storage.enable"))?,
+            local_retention_ms: local("local.retention.ms", retention_ms)?,
+            local_retention_bytes: local("local.retention.bytes", retention_bytes)?,
+            retention_ms,
+            retention_bytes,
+        })
+    }
+
+    /// Both the log settings and the storage policy, validated together.
+    pub fn settings(&self, defaults: &LogDefaults) -> Result<(LogConfig, StoragePolicy), String> {
+        Ok((self.resolve(defaults)?, self.storage_policy(defaults)?))
     }
 
     /// The log settings this topic runs with.
@@ -196,6 +267,8 @@ mod tests {
             ("cleanup.policy", "compact"),
             ("message.timestamp.type", "Now"),
             ("compression.type", "gzip"),
+            ("remote.storage.enable", "yes"),
+            ("local.retention.ms", "-3"),
             ("no.such.key", "1"),
         ] {
             assert!(validate_entry(k, v).is_err(), "{k}={v}");
@@ -210,5 +283,32 @@ mod tests {
             assert!(is_default);
             validate_entry(key.name, &v).unwrap();
         }
+    }
+
+    #[test]
+    fn local_retention_defaults_to_the_total_and_cannot_exceed_it() {
+        let d = LogDefaults::default();
+        let t = TopicConfig::from_pairs([
+            ("remote.storage.enable", "true"),
+            ("retention.bytes", "1000"),
+        ])
+        .unwrap();
+        let p = t.storage_policy(&d).unwrap();
+        assert!(p.remote);
+        assert_eq!((p.retention_bytes, p.local_retention_bytes), (1000, 1000));
+        assert_eq!(p.local_retention_ms, d.retention_ms);
+        let t = TopicConfig::from_pairs([
+            ("retention.bytes", "1000"),
+            ("local.retention.bytes", "2000"),
+        ])
+        .unwrap();
+        assert!(t
+            .storage_policy(&d)
+            .unwrap_err()
+            .contains("local.retention.bytes"));
+        let t =
+            TopicConfig::from_pairs([("retention.bytes", "-1"), ("local.retention.bytes", "2000")])
+                .unwrap();
+        assert_eq!(t.storage_policy(&d).unwrap().local_retention_bytes, 2000);
     }
 }

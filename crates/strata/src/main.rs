@@ -137,9 +137,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     };
 
     let data_dir = config.data_dir.clone();
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
-        .await?
-        .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
+    let broker = Broker::start(config)
+        .await
+        .with_context(|| format!("cannot start on data directory {}", data_dir.display()))?;
     broker.set_advertised(adv_host.clone(), adv_port);
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -163,6 +163,9 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     }
     let _ = background.await;
     let _ = http_task.await;
+    let deadline =
+        std::time::Duration::from_millis(broker.config().tier.shutdown_upload_timeout_ms);
+    strata_broker::tiering::flush_to_tier(&broker, deadline).await;
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.close()).await?;
     info!("shutdown complete");

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use object_store::path::Path;
 use object_store::UpdateVersion;
 use tokio::sync::{OnceCell, Semaphore};
@@ -952,40 +951,53 @@ impl Tier {
     }
 
     /// One pass of the offloader over `partitions`, `upload_concurrency` at
-    /// a time, skipping partitions still backing off after failures.
+    /// a time, skipping partitions still backing off after failures (unless
+    /// `force`). Returns the segments uploaded.
     pub async fn offload_all(
-        &self,
+        self: &Arc<Self>,
         partitions: Vec<Arc<dyn LocalPartition>>,
         force: bool,
     ) -> usize {
+        let slots = Arc::new(Semaphore::new(self.config.upload_concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in partitions {
+            let this = self.clone();
+            let slots = slots.clone();
+            tasks.spawn(async move {
+                let _slot = slots.acquire_owned().await.expect("never closed");
+                this.offload_one(p.as_ref(), force).await
+            });
+        }
+        let mut total = 0;
+        while let Some(r) = tasks.join_next().await {
+            total += r.unwrap_or(0);
+        }
+        total
+    }
+
+    async fn offload_one(&self, p: &dyn LocalPartition, force: bool) -> usize {
+        let id = p.id();
         let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
-        futures::stream::iter(partitions)
-            .map(|p| async move {
-                let id = p.id();
-                let rp = match self.partition(&id).await {
-                    Ok(rp) => rp,
-                    Err(e) => {
-                        warn!(topic = %id.topic, partition = id.partition, error = %e, "cannot load remote manifest");
-                        return 0;
-                    }
-                };
-                if !force && !rp.due() {
-                    return 0;
+        let rp = match self.partition(&id).await {
+            Ok(rp) => rp,
+            Err(e) => {
+                warn!(topic = %id.topic, partition = id.partition, error = %e, "cannot load remote manifest");
+                return 0;
+            }
+        };
+        if !force && !rp.due() {
+            return 0;
+        }
+        match self.offload(p).await {
+            Ok(n) => n,
+            Err(e) => {
+                let n = rp.record_failure(&e, max_backoff);
+                if n == 1 || n % 20 == 0 {
+                    warn!(topic = %id.topic, partition = id.partition, failures = n, error = %e, "segment upload failed; will retry");
                 }
-                match self.offload(p.as_ref()).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let n = rp.record_failure(&e, max_backoff);
-                        if n == 1 || n % 20 == 0 {
-                            warn!(topic = %id.topic, partition = id.partition, failures = n, error = %e, "segment upload failed; will retry");
-                        }
-                        0
-                    }
-                }
-            })
-            .buffer_unordered(self.config.upload_concurrency)
-            .fold(0, |a, n| async move { a + n })
-            .await
+                0
+            }
+        }
     }
 
     /// Remote retention over `partitions`.

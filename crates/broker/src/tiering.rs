@@ -1,0 +1,363 @@
+//! The broker's side of the object tier: its partitions as the tier sees
+//! them, the hot-window bookkeeping, snapshots of broker metadata to the
+//! tier and back, the tail upload at shutdown, and the local disk guard.
+//!
+//! # Local disk policy
+//! Segments of a tiered topic leave local disk only after the object tier
+//! holds them. When uploads cannot proceed (the object store is down) the
+//! hot window therefore grows instead of data being deleted. Produce is
+//! refused with the retriable KAFKA_STORAGE_ERROR while the data directory's
+//! filesystem has less than `log.disk_free_min_bytes` free, or while all
+//! partitions' local segments exceed `log.disk_usage_max_bytes` (when set);
+//! clients retry, and produce resumes by itself once uploads catch up and
+//! the hot window shrinks again. Fetches are never refused.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kafka_protocol::ResponseError;
+use strata_tier::{keys, LocalPartition, LocalSegment, PartitionId, RetentionPolicy, TierHost};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::metadata::MetadataImage;
+use crate::state::{now_ms, Broker, Partition};
+use crate::topic_config::TopicConfig;
+
+/// Where partitions without local data continue: the offset after the object
+/// tier's last segment and that segment's producer state snapshot.
+pub type ResumePoints = HashMap<(Uuid, i32), (i64, Bytes)>;
+
+impl LocalPartition for Partition {
+    fn id(&self) -> PartitionId {
+        self.remote_id()
+    }
+
+    fn remote_storage_enabled(&self) -> bool {
+        self.policy().remote
+    }
+
+    fn closed_segments(&self) -> Vec<LocalSegment> {
+        self.with_log(|l| {
+            l.closed_segments()
+                .into_iter()
+                .map(|s| LocalSegment {
+                    base_offset: s.base_offset,
+                    next_offset: s.next_offset,
+                    size_bytes: s.size_bytes,
+                    max_timestamp: s.max_timestamp,
+                    log_path: s.path,
+                })
+                .collect()
+        })
+    }
+
+    fn segment_indexes(&self, base_offset: i64) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.with_log(|l| l.segment_index_bytes(base_offset))
+    }
+
+    fn producer_snapshot(&self, offset: i64) -> Option<Vec<u8>> {
+        self.with_log(|l| l.producer_snapshot_at(offset))
+    }
+
+    fn leader_epoch(&self) -> i32 {
+        self.leader_epoch
+    }
+
+    fn retention(&self) -> RetentionPolicy {
+        let p = self.policy();
+        RetentionPolicy {
+            retention_ms: p.retention_ms,
+            retention_bytes: p.retention_bytes,
+        }
+    }
+
+    fn local_bytes_from(&self, offset: i64) -> u64 {
+        self.with_log(|l| l.size_bytes_from(offset))
+    }
+}
+
+impl TierHost for Broker {
+    fn tiered_partitions(&self) -> Vec<Arc<dyn LocalPartition>> {
+        self.topics()
+            .into_iter()
+            .flat_map(|t| t.partitions())
+            .filter(|p| p.policy().remote)
+            .map(|p| p as Arc<dyn LocalPartition>)
+            .collect()
+    }
+}
+
+fn is_tiered(
+    broker_defaults: &crate::config::LogDefaults,
+    configs: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    TopicConfig(configs.clone())
+        .storage_policy(broker_defaults)
+        .is_ok_and(|p| p.remote)
+}
+
+/// On an empty data directory, brings back the broker's metadata and
+/// committed offsets from their snapshots in the object tier.
+pub(crate) async fn restore_metadata(
+    tier: &strata_tier::Tier,
+    meta_dir: &Path,
+) -> anyhow::Result<()> {
+    let metadata = meta_dir.join("metadata.json");
+    if metadata.exists() {
+        return Ok(());
+    }
+    let Some(image) = tier.get_snapshot(&keys::metadata_snapshot()).await? else {
+        return Ok(());
+    };
+    let parsed: MetadataImage = serde_json::from_slice(&image).map_err(|e| {
+        anyhow::anyhow!("the metadata snapshot in the object tier does not parse: {e}")
+    })?;
+    std::fs::create_dir_all(meta_dir)?;
+    let offsets = tier.get_snapshot(&keys::offsets_snapshot()).await?;
+    if let Some(o) = &offsets {
+        write_synced(&meta_dir.join("offsets.json"), o)?;
+        let _ = std::fs::remove_file(meta_dir.join("offsets.journal"));
+    }
+    write_synced(&metadata, &image)?;
+    info!(
+        topics = parsed.topics.len(),
+        cluster_id = %parsed.cluster_id,
+        offsets = offsets.is_some(),
+        "data directory was empty: restored topics and committed offsets from the object tier"
+    );
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("restore.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// For each partition of a tiered topic that has no local directory, where
+/// the object tier ends.
+pub(crate) async fn resume_points(
+    tier: &strata_tier::Tier,
+    image: &MetadataImage,
+    logs_dir: &Path,
+    config: &crate::config::BrokerConfig,
+) -> anyhow::Result<ResumePoints> {
+    let mut out = ResumePoints::new();
+    for rec in image.topics.values() {
+        if !is_tiered(&config.log, &rec.configs) {
+            continue;
+        }
+        for p in 0..rec.partitions {
+            if logs_dir
+                .join(format!("{}-{p}", rec.name))
+                .join("partition.metadata")
+                .exists()
+            {
+                continue;
+            }
+            let id = PartitionId {
+                topic: rec.name.clone(),
+                topic_id: rec.id,
+                partition: p,
+            };
+            if let Some(point) = tier.resume_point(&id).await.map_err(|e| {
+                anyhow::anyhow!("reading {}-{p} from the object tier: {e}", rec.name)
+            })? {
+                out.insert((rec.id, p), point);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Loads the manifests of every tiered partition, so reads below the hot
+/// window and retention know what the object tier holds from the start.
+pub(crate) async fn load_remote_partitions(broker: &Arc<Broker>) {
+    let ids: Vec<PartitionId> = broker.tiered_partitions().iter().map(|p| p.id()).collect();
+    let tier = broker.tier().clone();
+    futures::stream::iter(ids)
+        .for_each_concurrent(16, |id| {
+            let tier = tier.clone();
+            async move {
+                if let Err(e) = tier.partition(&id).await {
+                    warn!(topic = %id.topic, partition = id.partition, error = %e, "cannot load the remote manifest; retried by the offloader");
+                }
+            }
+        })
+        .await;
+    let live: Vec<(String, Uuid)> = broker
+        .topics()
+        .iter()
+        .map(|t| (t.name.clone(), t.id))
+        .collect();
+    let tier = broker.tier().clone();
+    tokio::spawn(async move {
+        match tier.collect_garbage(&live).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                objects = n,
+                "deleted objects of topics that no longer exist"
+            ),
+            Err(e) => warn!(error = %e, "object tier garbage collection failed"),
+        }
+    });
+}
+
+static SNAPSHOT_LOCK: tokio::sync::Mutex<(u64, u64)> = tokio::sync::Mutex::const_new((0, 0));
+
+/// Writes the metadata image and the committed offsets to the object tier
+/// when they changed since the last snapshot.
+pub(crate) async fn snapshot_metadata(broker: &Arc<Broker>) {
+    let mut last = SNAPSHOT_LOCK.lock().await;
+    let version = broker.metadata_version.load(Ordering::SeqCst);
+    let metadata =
+        Bytes::from(serde_json::to_vec(&broker.metadata_image()).expect("image serializes"));
+    let offsets = Bytes::from(
+        serde_json::to_vec(&broker.groups().store().image()).expect("image serializes"),
+    );
+    let offsets_crc = crc32c::crc32c(&offsets) as u64;
+    let tier = broker.tier();
+    if version != last.0 {
+        if let Err(e) = tier
+            .put_snapshot(&keys::metadata_snapshot(), metadata)
+            .await
+        {
+            warn!(error = %e, "cannot snapshot metadata to the object tier; will retry");
+            return;
+        }
+        last.0 = version;
+    }
+    if offsets_crc != last.1 {
+        if let Err(e) = tier.put_snapshot(&keys::offsets_snapshot(), offsets).await {
+            warn!(error = %e, "cannot snapshot committed offsets to the object tier; will retry");
+            return;
+        }
+        last.1 = offsets_crc;
+    }
+}
+
+/// At shutdown: closes the active segment of every tiered partition and
+/// uploads everything the object tier does not hold yet, then snapshots the
+/// metadata, so a broker started on an empty disk finds it all.
+pub async fn flush_to_tier(broker: &Arc<Broker>, deadline: Duration) {
+    let partitions = broker.tiered_partitions();
+    if !partitions.is_empty() {
+        let b = broker.clone();
+        let rolled = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            for t in b.topics() {
+                for p in t.partitions() {
+                    if p.policy().remote {
+                        if let Err(e) = p.with_log(|l| l.roll(now)) {
+                            warn!(topic = %p.topic, partition = p.index, error = %e, "cannot roll the active segment for upload");
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        if rolled.is_ok() {
+            let tier = broker.tier().clone();
+            match tokio::time::timeout(deadline, tier.offload_all(partitions, true)).await {
+                Ok(n) => info!(segments = n, "uploaded the tail of every tiered partition"),
+                Err(_) => warn!(
+                    timeout_ms = deadline.as_millis() as u64,
+                    "tail upload did not finish before the shutdown deadline; the rest is uploaded at next start"
+                ),
+            }
+        }
+    }
+    snapshot_metadata(broker).await;
+}
+
+/// The produce guard's cached view of local disk.
+#[derive(Debug, Default)]
+pub struct DiskGuard {
+    checked_at_ms: AtomicI64,
+    refusing: AtomicBool,
+    reason: Mutex<String>,
+    local_bytes: AtomicU64,
+}
+
+impl Broker {
+    /// Whether produce may append: refused (retriably) while local disk is
+    /// short, per the local disk policy above. Re-evaluated at most once a second.
+    pub(crate) fn check_disk(&self) -> Result<(), ApiError> {
+        let now = now_ms();
+        let last = self.disk.checked_at_ms.load(Ordering::Relaxed);
+        if now - last >= 1000
+            && self
+                .disk
+                .checked_at_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.evaluate_disk();
+        }
+        if self.disk.refusing.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                ResponseError::KafkaStorageError,
+                self.disk.reason.lock().expect("reason lock").clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn evaluate_disk(&self) {
+        let log = &self.config().log;
+        let used: u64 = self
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| p.offsets().size_bytes)
+            .sum();
+        self.disk.local_bytes.store(used, Ordering::Relaxed);
+        let free = nix::sys::statvfs::statvfs(&self.config().data_dir)
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .ok();
+        let problem = if let Some(f) = free.filter(|f| *f < log.disk_free_min_bytes) {
+            Some(format!(
+                "local disk has {f} bytes free, below log.disk_free_min_bytes ({}): produce resumes when uploads to the object tier let old segments go",
+                log.disk_free_min_bytes
+            ))
+        } else if log.disk_usage_max_bytes > 0 && used > log.disk_usage_max_bytes {
+            Some(format!(
+                "local segments take {used} bytes, above log.disk_usage_max_bytes ({}): produce resumes when uploads to the object tier let old segments go",
+                log.disk_usage_max_bytes
+            ))
+        } else {
+            None
+        };
+        let was = self
+            .disk
+            .refusing
+            .swap(problem.is_some(), Ordering::Relaxed);
+        match (&problem, was) {
+            (Some(p), false) => warn!(reason = %p, "refusing produce"),
+            (None, true) => info!("local disk below its limits again; accepting produce"),
+            _ => {}
+        }
+        if let Some(p) = problem {
+            *self.disk.reason.lock().expect("reason lock") = p;
+        }
+    }
+
+    /// Bytes of local segments across partitions, as of the last disk check.
+    pub fn local_bytes(&self) -> u64 {
+        self.disk.local_bytes.load(Ordering::Relaxed)
+    }
+}
