@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need, and only what is missing:
-#   kcat (Debian), Python packages pinned in tests/requirements.txt,
-#   Node packages locked in tests/e2e/js/package-lock.json.
+#   kcat (Debian), Python packages pinned in tests/requirements.txt (clients,
+#   pytest, the moto S3 server), s3s-fs (crates.io, built into the tools
+#   cache), Node packages locked in tests/e2e/js/package-lock.json.
 # Idempotent; when everything is present it finishes in a few seconds.
 set -euo pipefail
 
@@ -45,6 +46,7 @@ for line in open(sys.argv[1]):
     if not line:
         continue
     name, _, wanted = line.partition("==")
+    name = name.split("[", 1)[0]
     try:
         have = version(name)
     except PackageNotFoundError:
@@ -57,6 +59,20 @@ if missing:
 PY
 then
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r "$HERE/requirements.txt"
+fi
+
+# --- s3s-fs: the second S3-compatible test server (checks signatures) ---------
+# Built once with cargo into the tools cache; its build directory is removed
+# afterwards.
+TOOLS_DIR="${STRATA_TOOLS_DIR:-$HOME/.cache/strata/tools}"
+S3S_FS_VERSION=0.14.1
+S3S_FS="$TOOLS_DIR/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs"
+if [ ! -x "$S3S_FS" ]; then
+  log "cargo install s3s-fs $S3S_FS_VERSION (a few minutes, once)"
+  build_dir="$(mktemp -d)"
+  CARGO_TARGET_DIR="$build_dir" cargo install s3s-fs --version "$S3S_FS_VERSION" --locked \
+    --features binary --root "$TOOLS_DIR/s3s-fs-$S3S_FS_VERSION" --quiet
+  rm -rf "$build_dir"
 fi
 
 # --- Node ---------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"unsupported TOML value {value!r}")
 
 
-def to_toml(config: dict[str, Any]) -> str:
+def to_toml(config: dict[str, Any]) -> str:  # noqa: D103
     lines = [f"{k} = {_toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
     for section, table in config.items():
         if isinstance(table, dict):
@@ -67,8 +67,10 @@ class BrokerError(RuntimeError):
 class Broker:
     """One strata process, restartable on the same data directory."""
 
-    def __init__(self, binary: Path, workdir: Path, config: dict[str, Any] | None = None):
+    def __init__(self, binary: Path, workdir: Path, config: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None):
         self.binary = binary
+        self.extra_env = dict(env or {})
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.stderr_path = workdir / "strata.stderr.log"
@@ -84,7 +86,10 @@ class Broker:
         self._stdout_thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------- #
-    def start(self, port: int = 0) -> "Broker":
+    def start(self, port: int | None = None) -> "Broker":
+        """Starts the process (again): on `port`, by default the one it had."""
+        if port is None:
+            port = self.port or 0
         if self.running:
             raise BrokerError("broker already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +107,7 @@ class Broker:
             err.flush()
             env = dict(os.environ)
             env.setdefault("RUST_BACKTRACE", "1")
+            env.update(self.extra_env)
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env
             )
@@ -179,6 +185,18 @@ class Broker:
         self.proc.wait()
         self._join_stdout()
 
+    def wait_for_crash(self, timeout: float) -> int:
+        """Waits for the process to die by itself (a fault point); returns its code."""
+        assert self.proc is not None
+        self._exit_expected = True
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BrokerError(f"strata did not crash within {timeout}s\n{self.stderr_tail()}")
+        self._join_stdout()
+        assert rc != 0, "expected a crash, got a clean exit"
+        return rc
+
     def restart(self, same_port: bool = True) -> "Broker":
         if self.running:
             self.stop()
@@ -228,10 +246,10 @@ def broker_factory(strata_bin: Path, tmp_path: Path, request: pytest.FixtureRequ
     brokers: list[Broker] = []
     request.node.stash[_BROKERS] = brokers
 
-    def start(config: dict[str, Any] | None = None) -> Broker:
+    def start(config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Broker:
         workdir = tmp_path / f"broker{len(brokers)}"
         workdir.mkdir()
-        broker = Broker(strata_bin, workdir, config)
+        broker = Broker(strata_bin, workdir, config, env)
         brokers.append(broker)
         return broker.start()
 
@@ -273,3 +291,29 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if report.failed:
         for b in item.stash.get(_BROKERS, []):
             report.sections.append((f"strata stderr ({b.workdir.name})", b.stderr_tail()))
+
+
+# --------------------------------------------------------------------------- #
+# S3-compatible servers on 127.0.0.1 (installed by tests/setup.sh)
+# --------------------------------------------------------------------------- #
+from s3_servers import S3Server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    server = S3Server("moto", tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3s_fs(tmp_path_factory):
+    server = S3Server("s3s-fs", tmp_path_factory.mktemp("s3s-fs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["moto", "s3s-fs"])
+def s3(request):
+    """Each S3-compatible test server in turn."""
+    return request.getfixturevalue("moto" if request.param == "moto" else "s3s_fs")

@@ -340,7 +340,7 @@ def consumer_config(bootstrap: str, **overrides) -> dict:
     return conf
 
 
-_TSTYPES = {TIMESTAMP_CREATE_TIME: CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME: LOG_APPEND_TIME}
+TIMESTAMP_TYPES = {TIMESTAMP_CREATE_TIME: CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME: LOG_APPEND_TIME}
 
 
 def consume_confluent(
@@ -392,7 +392,7 @@ def consume_confluent(
                             value=msg.value(),
                             headers=tuple(msg.headers() or ()),
                             timestamp=ts,
-                            timestamp_type=_TSTYPES.get(ts_type, f"type{ts_type}"),
+                            timestamp_type=TIMESTAMP_TYPES.get(ts_type, f"type{ts_type}"),
                         )
                     )
                     position[msg.partition()] = msg.offset() + 1

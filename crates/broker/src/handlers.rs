@@ -390,6 +390,17 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Rep
             work.push((ti, p.index, item));
         }
     }
+    // Keep at most one segment per tiered partition waiting for upload
+    // (see Partition::should_wait_for_upload), for a bounded time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (_, _, item) in &work {
+        if let Ok((part, bytes)) = item {
+            while part.should_wait_for_upload(bytes.len()) && tokio::time::Instant::now() < deadline
+            {
+                part.tier.wait_for_upload(Duration::from_millis(50)).await;
+            }
+        }
+    }
     let slots = tokio::task::spawn_blocking(move || {
         work.into_iter()
             .map(|(topic, index, item)| {

@@ -82,6 +82,8 @@ pub struct Partition {
     flush: FlushPolicy,
     policy: RwLock<StoragePolicy>,
     pub(crate) tier: Arc<Tier>,
+    /// The broker-wide count of local segment bytes (the disk guard's input).
+    local_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Offsets of a partition at one moment.
@@ -131,6 +133,37 @@ impl Partition {
         (!m.is_empty()).then(|| (m.log_start_offset, m.next_offset()))
     }
 
+    /// Whether an append of `incoming` bytes should first wait for the
+    /// object tier: the partition is tiered, uploads are healthy, a closed
+    /// segment still awaits upload, and this append would close another.
+    /// Waiting keeps at most one segment in flight, so the hot window holds
+    /// while produce outpaces uploads (produce is slowed to the upload rate);
+    /// while uploads fail, produce does not wait and the disk policy applies.
+    pub fn should_wait_for_upload(&self, incoming: usize) -> bool {
+        if !self.policy().remote || !self.tier.uploads_healthy(self.topic_id, self.index) {
+            return false;
+        }
+        let Some(uploaded) = self.uploaded_until() else {
+            return false;
+        };
+        self.with_log(|l| {
+            l.closed_end_offset() > uploaded
+                && l.closed_end_offset() > l.log_start_offset()
+                && l.would_roll(incoming as u64, now_ms())
+        })
+    }
+
+    fn track_size(&self, before: u64, after: u64) {
+        use std::sync::atomic::Ordering;
+        if after >= before {
+            self.local_bytes
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.local_bytes
+                .fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
     /// The offset below which everything is in the object tier (`None`
     /// until its manifest is loaded).
     pub fn uploaded_until(&self) -> Option<i64> {
@@ -160,7 +193,51 @@ impl Partition {
     /// Appends a produce request's records. Blocking (file I/O).
     pub fn append(&self, records: &mut [u8]) -> Result<AppendInfo, strata_log::Error> {
         let epoch = self.leader_epoch;
-        self.with_log(|l| l.append(records, epoch, now_ms()))
+        let (info, rolled) = self.with_log(|l| {
+            let (segments, size) = (l.segment_count(), l.size_bytes());
+            let info = l.append(records, epoch, now_ms())?;
+            self.track_size(size, l.size_bytes());
+            Ok::<_, strata_log::Error>((info, l.segment_count() > segments))
+        })?;
+        if rolled && self.policy().remote {
+            self.tier.wake_offloader();
+        }
+        Ok(info)
+    }
+
+    /// Idle rolls, producer expiry and local retention: by `retention.*`, or
+    /// for tiered topics by `local.retention.*` and only for segments the
+    /// object tier holds. Blocking.
+    pub fn apply_retention(&self, now: i64) -> Result<Vec<i64>, strata_log::Error> {
+        let policy = self.policy();
+        let limits = if policy.remote {
+            let uploaded = self.uploaded_until().unwrap_or(i64::MIN);
+            strata_log::RetentionLimits {
+                retention_ms: policy.local_retention_ms,
+                retention_bytes: policy.local_retention_bytes,
+                delete_below: Some(uploaded),
+            }
+        } else {
+            strata_log::RetentionLimits {
+                retention_ms: policy.retention_ms,
+                retention_bytes: policy.retention_bytes,
+                delete_below: None,
+            }
+        };
+        let (rolled, deleted) = self.with_log(|l| {
+            let before = l.segment_count();
+            l.maybe_roll_idle(now)?;
+            let rolled = l.segment_count() > before;
+            l.expire_producers(now);
+            let size = l.size_bytes();
+            let deleted = l.apply_retention_with(now, limits)?;
+            self.track_size(size, l.size_bytes());
+            Ok::<_, strata_log::Error>((rolled, deleted))
+        })?;
+        if rolled && policy.remote {
+            self.tier.wake_offloader();
+        }
+        Ok(deleted)
     }
 
     /// Makes everything below `offset` durable, sharing the fsync with
@@ -376,7 +453,7 @@ impl Broker {
         let marker = dir.join(PARTITION_METADATA);
         let fresh = !marker.exists();
         let (log_config, policy) = settings;
-        let log = match resume.get(&(rec.id, index)) {
+        let log: Log = match resume.get(&(rec.id, index)) {
             Some((offset, snapshot)) if fresh => {
                 let mut log = Log::open_from(&dir, log_config.clone(), now_ms(), *offset)?;
                 if let Some(state) = strata_log::producer_state::ProducerState::decode(snapshot) {
@@ -390,6 +467,9 @@ impl Broker {
         if fresh {
             write_file_synced(&marker, rec.id.to_string().as_bytes())?;
         }
+        self.disk
+            .used
+            .fetch_add(log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
         Ok(Arc::new(Partition {
             topic: rec.name.clone(),
             topic_id: rec.id,
@@ -400,6 +480,7 @@ impl Broker {
             flush: self.config.log.flush,
             policy: RwLock::new(*policy),
             tier: self.tier.clone(),
+            local_bytes: self.disk.used.clone(),
         }))
     }
 
@@ -491,6 +572,9 @@ impl Broker {
                 .allocate_producer_ids(PRODUCER_ID_BLOCK)
                 .map_err(ApiError::storage)?;
             *ids = first..first + PRODUCER_ID_BLOCK;
+            // The next snapshot to the object tier must carry the new block.
+            self.metadata_version
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(ids.next().expect("non-empty block"))
     }
@@ -626,6 +710,8 @@ impl Broker {
             this.store.delete_topic(&name_owned)?;
             this.topics.write().expect("topics lock").remove(&name_owned);
             for p in &parts {
+                let size = p.offsets().size_bytes;
+                p.track_size(size, 0);
                 let dir = this.partition_dir(&name_owned, p.index);
                 let doomed = this.logs_dir.join(format!("{name_owned}-{}.{id}-delete", p.index));
                 if let Err(e) = std::fs::rename(&dir, &doomed) {
@@ -773,28 +859,7 @@ impl Broker {
         let now = now_ms();
         for topic in self.topics() {
             for p in topic.partitions() {
-                let policy = p.policy();
-                let limits = if policy.remote {
-                    // Only segments the object tier holds may go, and only
-                    // beyond the hot window.
-                    let uploaded = p.uploaded_until().unwrap_or(i64::MIN);
-                    strata_log::RetentionLimits {
-                        retention_ms: policy.local_retention_ms,
-                        retention_bytes: policy.local_retention_bytes,
-                        delete_below: Some(uploaded),
-                    }
-                } else {
-                    strata_log::RetentionLimits {
-                        retention_ms: policy.retention_ms,
-                        retention_bytes: policy.retention_bytes,
-                        delete_below: None,
-                    }
-                };
-                let res = p.with_log(|l| {
-                    l.maybe_roll_idle(now)?;
-                    l.expire_producers(now);
-                    l.apply_retention_with(now, limits)
-                });
+                let res = p.apply_retention(now);
                 if let Err(e) = res {
                     warn!(topic = %p.topic, partition = p.index, error = %e, "retention pass failed");
                 }

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +29,10 @@ use crate::error::ApiError;
 use crate::metadata::MetadataImage;
 use crate::state::{now_ms, Broker, Partition};
 use crate::topic_config::TopicConfig;
+
+/// How far the producer id counter jumps when metadata is restored from the
+/// object tier (ids allocated after the last snapshot are not in it).
+const PRODUCER_ID_SKIP_ON_RESTORE: i64 = 1 << 32;
 
 /// Where partitions without local data continue: the offset after the object
 /// tier's last segment and that segment's producer state snapshot.
@@ -81,6 +85,12 @@ impl LocalPartition for Partition {
     fn local_bytes_from(&self, offset: i64) -> u64 {
         self.with_log(|l| l.size_bytes_from(offset))
     }
+
+    fn after_upload(&self) {
+        if let Err(e) = self.apply_retention(now_ms()) {
+            warn!(topic = %self.topic, partition = self.index, error = %e, "local retention after upload failed");
+        }
+    }
 }
 
 impl TierHost for Broker {
@@ -116,9 +126,13 @@ pub(crate) async fn restore_metadata(
     let Some(image) = tier.get_snapshot(&keys::metadata_snapshot()).await? else {
         return Ok(());
     };
-    let parsed: MetadataImage = serde_json::from_slice(&image).map_err(|e| {
+    let mut parsed: MetadataImage = serde_json::from_slice(&image).map_err(|e| {
         anyhow::anyhow!("the metadata snapshot in the object tier does not parse: {e}")
     })?;
+    // Producer ids handed out after the last snapshot must never be handed
+    // out again: skip well past them.
+    parsed.next_producer_id += PRODUCER_ID_SKIP_ON_RESTORE;
+    let image = serde_json::to_vec_pretty(&parsed).expect("image serializes");
     std::fs::create_dir_all(meta_dir)?;
     let offsets = tier.get_snapshot(&keys::offsets_snapshot()).await?;
     if let Some(o) = &offsets {
@@ -284,54 +298,41 @@ pub async fn flush_to_tier(broker: &Arc<Broker>, deadline: Duration) {
     snapshot_metadata(broker).await;
 }
 
-/// The produce guard's cached view of local disk.
+/// The produce guard's view of local disk: bytes of local segments, kept
+/// exact by every append and deletion, and free space, read at most ten
+/// times a second.
 #[derive(Debug, Default)]
 pub struct DiskGuard {
-    checked_at_ms: AtomicI64,
+    pub(crate) used: Arc<AtomicU64>,
+    free: AtomicU64,
+    free_checked_at_ms: AtomicI64,
     refusing: AtomicBool,
-    reason: Mutex<String>,
-    local_bytes: AtomicU64,
 }
 
 impl Broker {
     /// Whether produce may append: refused (retriably) while local disk is
-    /// short, per the local disk policy above. Re-evaluated at most once a second.
+    /// short, per the local disk policy above.
     pub(crate) fn check_disk(&self) -> Result<(), ApiError> {
+        let log = &self.config().log;
         let now = now_ms();
-        let last = self.disk.checked_at_ms.load(Ordering::Relaxed);
-        if now - last >= 1000
+        let last = self.disk.free_checked_at_ms.load(Ordering::Relaxed);
+        if now - last >= 100
             && self
                 .disk
-                .checked_at_ms
+                .free_checked_at_ms
                 .compare_exchange(last, now, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
         {
-            self.evaluate_disk();
+            let free = nix::sys::statvfs::statvfs(&self.config().data_dir)
+                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+                .unwrap_or(u64::MAX);
+            self.disk.free.store(free, Ordering::Relaxed);
         }
-        if self.disk.refusing.load(Ordering::Relaxed) {
-            return Err(ApiError::new(
-                ResponseError::KafkaStorageError,
-                self.disk.reason.lock().expect("reason lock").clone(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn evaluate_disk(&self) {
-        let log = &self.config().log;
-        let used: u64 = self
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions())
-            .map(|p| p.offsets().size_bytes)
-            .sum();
-        self.disk.local_bytes.store(used, Ordering::Relaxed);
-        let free = nix::sys::statvfs::statvfs(&self.config().data_dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
-            .ok();
-        let problem = if let Some(f) = free.filter(|f| *f < log.disk_free_min_bytes) {
+        let free = self.disk.free.load(Ordering::Relaxed);
+        let used = self.disk.used.load(Ordering::Relaxed);
+        let problem = if free < log.disk_free_min_bytes {
             Some(format!(
-                "local disk has {f} bytes free, below log.disk_free_min_bytes ({}): produce resumes when uploads to the object tier let old segments go",
+                "local disk has {free} bytes free, below log.disk_free_min_bytes ({}): produce resumes when uploads to the object tier let old segments go",
                 log.disk_free_min_bytes
             ))
         } else if log.disk_usage_max_bytes > 0 && used > log.disk_usage_max_bytes {
@@ -346,18 +347,22 @@ impl Broker {
             .disk
             .refusing
             .swap(problem.is_some(), Ordering::Relaxed);
-        match (&problem, was) {
-            (Some(p), false) => warn!(reason = %p, "refusing produce"),
-            (None, true) => info!("local disk below its limits again; accepting produce"),
-            _ => {}
-        }
-        if let Some(p) = problem {
-            *self.disk.reason.lock().expect("reason lock") = p;
+        match (problem, was) {
+            (Some(p), false) => {
+                warn!(reason = %p, "refusing produce");
+                Err(ApiError::new(ResponseError::KafkaStorageError, p))
+            }
+            (Some(p), true) => Err(ApiError::new(ResponseError::KafkaStorageError, p)),
+            (None, true) => {
+                info!("local disk below its limits again; accepting produce");
+                Ok(())
+            }
+            (None, false) => Ok(()),
         }
     }
 
-    /// Bytes of local segments across partitions, as of the last disk check.
+    /// Bytes of local segments across partitions.
     pub fn local_bytes(&self) -> u64 {
-        self.disk.local_bytes.load(Ordering::Relaxed)
+        self.disk.used.load(Ordering::Relaxed)
     }
 }

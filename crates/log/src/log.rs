@@ -332,6 +332,16 @@ impl Log {
         self.segments.len()
     }
 
+    /// Whether appending `incoming` bytes now would close the active segment.
+    pub fn would_roll(&self, incoming: u64, now_ms: i64) -> bool {
+        self.should_roll(incoming, now_ms)
+    }
+
+    /// Offset after the newest closed segment (its base when there is none).
+    pub fn closed_end_offset(&self) -> i64 {
+        self.active().base
+    }
+
     fn active(&self) -> &Segment {
         self.segments
             .values()

@@ -112,6 +112,10 @@ pub trait LocalPartition: Send + Sync {
     fn retention(&self) -> RetentionPolicy;
     /// Bytes of local segments at or after `offset` (not in the object tier).
     fn local_bytes_from(&self, offset: i64) -> u64;
+    /// Called (on a blocking thread) after segments were uploaded and
+    /// recorded, so the local copies beyond the hot window can go now rather
+    /// than at the next retention pass.
+    fn after_upload(&self) {}
 }
 
 /// The broker, as the tier's background tasks see it.
@@ -291,6 +295,8 @@ pub struct Tier {
     pub(crate) prefetches: Arc<Semaphore>,
     limiter: RateLimiter,
     reachable: AtomicBool,
+    wake: tokio::sync::Notify,
+    uploaded: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Tier {
@@ -349,6 +355,8 @@ impl Tier {
             chunks: moka::future::Cache::builder().max_capacity(64).build(),
             partitions: Mutex::new(HashMap::new()),
             reachable: AtomicBool::new(true),
+            wake: tokio::sync::Notify::new(),
+            uploaded: tokio::sync::Notify::new(),
             cache,
             remote,
             config,
@@ -363,6 +371,26 @@ impl Tier {
     /// The store behind the tier (for the lake).
     pub fn remote(&self) -> &Arc<Remote> {
         &self.remote
+    }
+
+    /// Wakes the offloader (a segment was just closed).
+    pub fn wake_offloader(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until some partition records an upload, or `timeout`.
+    pub async fn wait_for_upload(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.uploaded.notified()).await;
+    }
+
+    /// Whether uploads of a partition are working: the store answers and the
+    /// partition's last upload did not fail. Produce waits for uploads only
+    /// while this holds, so an outage never blocks it.
+    pub fn uploads_healthy(&self, topic_id: Uuid, partition: i32) -> bool {
+        self.is_reachable()
+            && self
+                .loaded_partition(topic_id, partition)
+                .is_some_and(|rp| rp.status.lock().expect("status lock").consecutive_failures == 0)
     }
 
     /// Whether the object store answered its last health check.
@@ -662,6 +690,7 @@ impl Tier {
             self.remote.put(&id.index_key(&remote_seg), idx).await?;
             faults::hit(faults::AFTER_UPLOAD);
             self.commit_append(&rp, remote_seg).await?;
+            self.uploaded.notify_waiters();
             faults::hit(faults::AFTER_COMMIT);
             uploaded += 1;
             bytes += seg.size_bytes;
@@ -769,7 +798,8 @@ impl Tier {
         }
         let mut version = rp.writer.lock().await;
         let mut m = (*rp.manifest()).clone();
-        let mut total = m.size_bytes() + local.local_bytes_from(m.next_offset());
+        let next_offset = m.next_offset();
+        let mut total = m.size_bytes() + local.local_bytes_from(next_offset);
         let mut removed: Vec<String> = Vec::new();
         let mut expired = 0usize;
         let generation = m.generation + 1;
@@ -844,7 +874,6 @@ impl Tier {
         if expired == 0 {
             return Ok(0);
         }
-        let next_offset = m.next_offset();
         m.log_start_offset = m
             .chunks
             .first()
@@ -965,7 +994,11 @@ impl Tier {
             let slots = slots.clone();
             tasks.spawn(async move {
                 let _slot = slots.acquire_owned().await.expect("never closed");
-                this.offload_one(p.as_ref(), force).await
+                let n = this.offload_one(p.as_ref(), force).await;
+                if n > 0 {
+                    let _ = tokio::task::spawn_blocking(move || p.after_upload()).await;
+                }
+                n
             });
         }
         let mut total = 0;
@@ -1029,6 +1062,9 @@ impl Tier {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = offload.tick() => {
+                    self.offload_all(host.tiered_partitions(), false).await;
+                }
+                _ = self.wake.notified() => {
                     self.offload_all(host.tiered_partitions(), false).await;
                 }
                 _ = retention.tick() => {

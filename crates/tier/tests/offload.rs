@@ -312,3 +312,40 @@ async fn months_of_segments_are_sealed_into_chunks_and_stay_readable() {
     let (next, _snapshot) = fresh.resume_point(&s.local.id).await.unwrap().unwrap();
     assert_eq!(next, m.next_offset());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiring_everything_keeps_the_end_and_uploads_continue_from_it() {
+    let s = setup(64 << 10, 400, 250);
+    let data = tempfile::tempdir().unwrap();
+    let t = tier(&s, data.path());
+    t.offload(s.local.as_ref()).await.unwrap();
+    let end = t.partition(&s.local.id).await.unwrap().next_offset();
+    *s.local.retention.lock().unwrap() = RetentionPolicy {
+        retention_ms: -1,
+        retention_bytes: 0,
+    };
+    assert!(t.expire(s.local.as_ref(), 0).await.unwrap() > 0);
+    let m = t.partition(&s.local.id).await.unwrap().manifest();
+    assert!(m.is_empty());
+    assert_eq!(
+        (m.log_start_offset, m.next_offset()),
+        (end, end),
+        "the end survives"
+    );
+    // More data: uploads continue exactly at the end.
+    {
+        let mut log = s.local.log.lock().unwrap();
+        for i in 0..200 {
+            let mut b = batch(4, 250, 2_000_000 + i);
+            log.append(&mut b, 0, 0).unwrap();
+        }
+    }
+    *s.local.retention.lock().unwrap() = RetentionPolicy {
+        retention_ms: -1,
+        retention_bytes: -1,
+    };
+    assert!(t.offload(s.local.as_ref()).await.unwrap() > 0);
+    let m = t.partition(&s.local.id).await.unwrap().manifest();
+    assert_eq!(m.log_start_offset, end);
+    assert_eq!(m.segments[0].base_offset, end);
+}
