@@ -40,6 +40,18 @@ enum LogFormat {
 enum Command {
     /// Run a broker.
     Serve(ServeArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the default configuration as TOML (every key).
+    Defaults,
+    /// Check a configuration file (with the environment and flags a broker
+    /// would apply) and print the effective configuration.
+    Check(ServeArgs),
 }
 
 /// Flags override environment variables, which override the config file,
@@ -59,9 +71,13 @@ struct ServeArgs {
     /// Address clients are told to connect to [default: the bound address].
     #[arg(long)]
     advertised_listener: Option<String>,
-    /// HTTP listener address (health) [default: 127.0.0.1:9644].
+    /// HTTP listener address (health, metrics, admin API) [default: 127.0.0.1:9644].
     #[arg(long)]
     http_listen: Option<String>,
+    /// Object tier: s3://bucket/prefix, file:///path or memory:// [default: a
+    /// directory under the data directory].
+    #[arg(long)]
+    object_store: Option<String>,
 }
 
 impl ServeArgs {
@@ -72,6 +88,7 @@ impl ServeArgs {
             kafka_listen: self.kafka_listen.clone(),
             advertised_listener: self.advertised_listener.clone(),
             http_listen: self.http_listen.clone(),
+            object_store: self.object_store.clone(),
         }
     }
 }
@@ -80,6 +97,15 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", toml::to_string(&BrokerConfig::default())?);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            let config = settings::load(&args.overrides(), std::env::vars())?;
+            print!("{}", toml::to_string(&config)?);
+            Ok(())
+        }
         Command::Serve(args) => {
             let config = settings::load(&args.overrides(), std::env::vars())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,7 +3,7 @@
 //!
 //! Environment variables name keys as `STRATA_<KEY>` for top-level keys and
 //! `STRATA_<SECTION>__<KEY>` for keys of a section (`STRATA_LOG__SEGMENT_BYTES`,
-//! `STRATA_TIER__OBJECT_STORE`). A value is read as a TOML value when it parses
+//! `STRATA_TIER__OBJECT_STORE`, also `STRATA_OBJECT_STORE`). A value is read as a TOML value when it parses
 //! as one of the key's type (`true`, `42`) and as a string otherwise. A variable
 //! with a section separator whose key does not exist is an error; other
 //! `STRATA_` variables that are not keys (`STRATA_LOG`, used for the log
@@ -23,9 +23,12 @@ pub(crate) struct Overrides {
     pub(crate) kafka_listen: Option<String>,
     pub(crate) advertised_listener: Option<String>,
     pub(crate) http_listen: Option<String>,
+    pub(crate) object_store: Option<String>,
 }
 
 const ENV_PREFIX: &str = "STRATA_";
+/// Short names for keys of sections that have a flag of their own.
+const ALIASES: &[(&str, &str)] = &[("object_store", "tier__object_store")];
 const SECTION_SEPARATOR: &str = "__";
 
 /// Builds the effective configuration from the layers and validates it.
@@ -66,6 +69,9 @@ pub(crate) fn load(
     }
     if let Some(v) = &flags.http_listen {
         set(&["http_listen"], Value::String(v.clone()));
+    }
+    if let Some(v) = &flags.object_store {
+        set(&["tier", "object_store"], Value::String(v.clone()));
     }
     let config: BrokerConfig = table.try_into().context("invalid configuration")?;
     config
@@ -108,6 +114,10 @@ fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>)
             continue;
         };
         let rest = rest.to_ascii_lowercase();
+        let rest = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == rest)
+            .map_or(rest.clone(), |(_, full)| full.to_string());
         let (section, key) = match rest.split_once(SECTION_SEPARATOR) {
             Some((s, k)) => (Some(s.to_string()), k.to_string()),
             None => (None, rest),
@@ -220,6 +230,7 @@ mod tests {
                 ("STRATA_AUTO_CREATE_TOPICS", "true"),
                 ("STRATA_LOG__SEGMENT_BYTES", "2097152"),
                 ("STRATA_LOG__FLUSH", "os"),
+                ("STRATA_OBJECT_STORE", "memory://"),
                 ("STRATA_LOG", "debug"),
                 ("STRATA_BIN", "/usr/bin/strata"),
                 ("OTHER", "x"),
@@ -234,6 +245,7 @@ mod tests {
         assert!(c.auto_create_topics, "env wins over file");
         assert_eq!(c.log.segment_bytes, 2_097_152);
         assert_eq!(c.log.flush, strata_broker::FlushPolicy::Os);
+        assert_eq!(c.tier.object_store, "memory://");
     }
 
     #[test]
