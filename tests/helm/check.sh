@@ -153,7 +153,7 @@ checks+=("helm template --set replicas=2 --skip-schema-validation refused by the
 
 # --- content ----------------------------------------------------------------------
 "$KV_PY" - "$WORK" "$CHART" "$RELEASE" "$NAMESPACE" <<'PY' >"$WORK/content.txt" || { cat "$WORK/content.txt" >&2; die "content checks"; }
-import json, sys, tomllib
+import json, os, sys, tomllib
 from pathlib import Path
 
 import jsonschema
@@ -309,6 +309,17 @@ for case in ("default", "production"):
                 unknown += [f"{table}.{key}" for key in entries if key not in known_tables[table]]
     check(not unknown, "strata.toml has only known broker keys" + (f" {unknown}" if unknown else ""))
     check("AWS_" not in text, "no credentials in the ConfigMap")
+    strata_bin = os.environ.get("STRATA_BIN")
+    if strata_bin and os.access(strata_bin, os.X_OK):
+        import subprocess, tempfile
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(text)
+        clean_env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+        r = subprocess.run([strata_bin, "config", "check", "--config", f.name], env=clean_env,
+                           capture_output=True, text=True)
+        os.unlink(f.name)
+        check(r.returncode == 0, "the strata binary accepts the rendered strata.toml (strata config check)"
+              + ("" if r.returncode == 0 else f": {r.stderr.strip()[-400:]}"))
 
     if case == "default":
         check(not any(n.startswith("AWS_") for n in names), "no AWS_* env without objectStore values")

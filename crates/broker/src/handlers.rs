@@ -44,6 +44,7 @@ use crate::state::{Broker, Partition, Topic};
 use crate::topic_config::{validate_entry, TopicConfig, TOPIC_CONFIG_KEYS};
 
 /// What the connection does with a request.
+#[allow(clippy::large_enum_variant)] // built once per request and moved at once
 pub enum Reply {
     /// Send this response.
     Now(ResponseKind),
@@ -372,7 +373,8 @@ async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Rep
     // The local disk policy: refuse (retriably) rather than fill the disk.
     let disk = broker.check_disk();
     // Resolve and copy the records (the log patches offsets in place).
-    let mut work: Vec<(usize, i32, Result<(Arc<Partition>, BytesMut), ApiError>)> = Vec::new();
+    type Work = (usize, i32, Result<(Arc<Partition>, BytesMut), ApiError>);
+    let mut work: Vec<Work> = Vec::new();
     for (ti, t) in req.topic_data.iter().enumerate() {
         let topic = resolve_topic(broker, &t.name.0, t.topic_id, by_id);
         for p in &t.partition_data {

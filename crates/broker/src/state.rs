@@ -6,6 +6,7 @@
 //!   directory without a topic in the metadata is removed at start-up.
 //! - delete: metadata committed first, then directories renamed to
 //!   `*-delete` and removed; leftovers are removed at start-up.
+//!
 //! Each partition directory holds `partition.metadata` with its topic id, so a
 //! directory of a deleted topic is never adopted by a new topic of that name.
 

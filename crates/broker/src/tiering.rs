@@ -324,7 +324,7 @@ impl Broker {
                 .is_ok()
         {
             let free = nix::sys::statvfs::statvfs(&self.config().data_dir)
-                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+                .map(|s| s.blocks_available() * s.fragment_size())
                 .unwrap_or(u64::MAX);
             self.disk.free.store(free, Ordering::Relaxed);
         }

@@ -88,7 +88,7 @@ impl OffsetIndex {
     /// Parses a serialized index; `None` when it is torn or not monotonic, or
     /// points past `file_size`.
     pub fn decode(base: i64, bytes: &[u8], file_size: u64) -> Option<Self> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return None;
         }
         let mut index = Self::new(base);
@@ -163,7 +163,7 @@ impl TimeIndex {
 
     /// Parses a serialized index; `None` when torn or not monotonic.
     pub fn decode(base: i64, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 12 != 0 {
+        if !bytes.len().is_multiple_of(12) {
             return None;
         }
         let mut index = Self::new(base);

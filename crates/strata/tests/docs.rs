@@ -73,7 +73,9 @@ fn every_config_key_is_documented_with_its_default() {
     for (key, default) in &code {
         match documented.get(key) {
             None => problems.push(format!("{key:?} is not in docs/configuration.md")),
-            Some(d) if d != default => problems.push(format!("{key:?}: docs say {d}, code says {default}")),
+            Some(d) if d != default => {
+                problems.push(format!("{key:?}: docs say {d}, code says {default}"))
+            }
             _ => {}
         }
     }
@@ -93,6 +95,12 @@ fn every_topic_config_is_documented() {
         .filter(|(s, _, _)| s == "topic")
         .map(|(_, k, _)| k)
         .collect();
-    let code: Vec<String> = TOPIC_CONFIG_KEYS.iter().map(|k| k.name.to_string()).collect();
-    assert_eq!(documented, code, "topic configs in docs/configuration.md (in this order)");
+    let code: Vec<String> = TOPIC_CONFIG_KEYS
+        .iter()
+        .map(|k| k.name.to_string())
+        .collect();
+    assert_eq!(
+        documented, code,
+        "topic configs in docs/configuration.md (in this order)"
+    );
 }

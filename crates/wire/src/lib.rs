@@ -166,7 +166,7 @@ pub fn parse_request(
         version,
         correlation_id,
     };
-    let (min, max) = supported(api_key).ok_or_else(|| Error::UnsupportedVersion {
+    let (min, max) = supported(api_key).ok_or(Error::UnsupportedVersion {
         api_key,
         version,
         correlation_id,

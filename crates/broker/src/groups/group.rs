@@ -401,7 +401,7 @@ impl Group {
         match self.state {
             GroupState::PreparingRebalance => self.wait_for_join(key, now),
             GroupState::CompletingRebalance | GroupState::Stable
-                if !changed && !(is_leader && self.state == GroupState::Stable) =>
+                if !changed && (!is_leader || self.state != GroupState::Stable) =>
             {
                 // A rejoin with the same metadata (a lost JoinGroup answer):
                 // this generation's information again.
@@ -875,10 +875,7 @@ mod tests {
         let ra = ja.try_recv().unwrap();
         assert_eq!((ra.generation, ra.leader.as_str()), (1, a.as_str()));
         assert_eq!(ra.members.len(), 1);
-        assert!(matches!(
-            ready(g.sync(&a, None, 1, vec![(a.clone(), Bytes::from_static(b"A"))], 1)),
-            Ok(_)
-        ));
+        assert!(ready(g.sync(&a, None, 1, vec![(a.clone(), Bytes::from_static(b"A"))], 1)).is_ok());
         assert_eq!(g.state(), GroupState::Stable);
 
         // A second member: the first learns of the rebalance by heartbeat.
@@ -927,12 +924,12 @@ mod tests {
     fn a_member_missing_its_session_timeout_is_removed_and_the_rest_rebalance() {
         let mut g = Group::new("g", 0, None);
         let (a, _) = join_new(&mut g, 0);
-        ready(g.sync(&a, None, 1, vec![], 0));
+        ready(g.sync(&a, None, 1, vec![], 0)).unwrap();
         let (b, mut jb) = join_new(&mut g, 0);
         let _ja = waiting(g.join(req(&a, None), &LIMITS, 0));
         jb.try_recv().unwrap();
-        ready(g.sync(&a, None, 2, vec![], 0));
-        ready(g.sync(&b, None, 2, vec![], 0));
+        ready(g.sync(&a, None, 2, vec![], 0)).unwrap();
+        ready(g.sync(&b, None, 2, vec![], 0)).unwrap();
         // b keeps heartbeating, a goes silent.
         for t in (1000..=10_000).step_by(1000) {
             assert_eq!(g.heartbeat(&b, None, g.generation(), t), Ok(()));
@@ -957,7 +954,7 @@ mod tests {
     fn members_that_do_not_rejoin_are_dropped_at_the_rebalance_timeout() {
         let mut g = Group::new("g", 0, None);
         let (a, _) = join_new(&mut g, 0);
-        ready(g.sync(&a, None, 1, vec![], 0));
+        ready(g.sync(&a, None, 1, vec![], 0)).unwrap();
         let (b, mut jb) = join_new(&mut g, 100);
         // a keeps heartbeating but never rejoins.
         for t in [9_000, 18_000, 27_000] {
@@ -1014,7 +1011,7 @@ mod tests {
     fn protocol_mismatches_and_bad_timeouts_are_refused() {
         let mut g = Group::new("g", 0, None);
         let (a, _) = join_new(&mut g, 0);
-        ready(g.sync(&a, None, 1, vec![], 0));
+        ready(g.sync(&a, None, 1, vec![], 0)).unwrap();
         let mut other = req("", None);
         other.protocols = vec![("roundrobin".into(), Bytes::new())];
         assert_eq!(
@@ -1049,9 +1046,9 @@ mod tests {
         ];
         let mut r3 = r1.clone();
         r3.protocols.reverse();
-        let _1 = g.join(r1, &limits, 0);
-        let _2 = g.join(r2, &limits, 0);
-        let _3 = g.join(r3, &limits, 0);
+        let _first = g.join(r1, &limits, 0);
+        let _second = g.join(r2, &limits, 0);
+        let _third = g.join(r3, &limits, 0);
         g.tick(3_000);
         assert_eq!(g.state(), GroupState::CompletingRebalance);
         assert_eq!(g.protocol(), Some("range"));
@@ -1062,7 +1059,7 @@ mod tests {
         let mut g = Group::new("g", 4, Some("consumer".into()));
         let (a, _) = join_new(&mut g, 0);
         assert_eq!(g.generation(), 5, "continues above a restored generation");
-        ready(g.sync(&a, None, 5, vec![], 0));
+        ready(g.sync(&a, None, 5, vec![], 0)).unwrap();
         assert_eq!(g.leave(&a, None, 1), Ok(()));
         assert_eq!(g.state(), GroupState::Empty);
         assert_eq!(g.leave(&a, None, 1), Err(ResponseError::UnknownMemberId));

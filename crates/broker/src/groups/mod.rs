@@ -615,15 +615,16 @@ impl GroupCoordinator {
                 .flat_map(|(id, g)| {
                     let since = empty_since.get(id).copied().unwrap_or(0);
                     g.offsets.iter().flat_map(move |(t, parts)| {
-                        parts.iter().filter_map(move |(p, v)| {
-                            (now_ms - v.commit_timestamp.max(since) >= retention).then(|| {
-                                OffsetChange::Delete {
-                                    group: id.clone(),
-                                    topic: t.clone(),
-                                    partition: *p,
-                                }
+                        parts
+                            .iter()
+                            .filter(move |(_, v)| {
+                                now_ms - v.commit_timestamp.max(since) >= retention
                             })
-                        })
+                            .map(move |(p, _)| OffsetChange::Delete {
+                                group: id.clone(),
+                                topic: t.clone(),
+                                partition: *p,
+                            })
                     })
                 })
                 .collect()
