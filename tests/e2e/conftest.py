@@ -23,6 +23,7 @@ import pytest
 from e2e_support import create_topic as _create_topic
 
 LISTENING_RE = re.compile(r"^kafka listening on (127\.0\.0\.1):(\d+)$")
+HTTP_RE = re.compile(r"^http listening on (127\.0\.0\.1):(\d+)$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 
@@ -81,6 +82,7 @@ class Broker:
             self.config_path.write_text(to_toml(config))
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self.http_port: int | None = None
         self.starts = 0
         self._exit_expected = False
         self._stdout_thread: threading.Thread | None = None
@@ -146,7 +148,11 @@ class Broker:
                 out.write(raw)
                 out.flush()
                 if not ready.is_set():
-                    m = LISTENING_RE.match(raw.decode(errors="replace").rstrip("\r\n"))
+                    line = raw.decode(errors="replace").rstrip("\r\n")
+                    h = HTTP_RE.match(line)
+                    if h:
+                        self.http_port = int(h.group(2))
+                    m = LISTENING_RE.match(line)
                     if m:
                         found["port"] = int(m.group(2))
                         ready.set()
@@ -154,6 +160,12 @@ class Broker:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def http(self) -> str:
+        """Base URL of the broker's HTTP API."""
+        assert self.http_port is not None, "no 'http listening on' line seen"
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def bootstrap(self) -> str:

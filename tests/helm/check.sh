@@ -181,9 +181,10 @@ def load(case):
 
 schema = json.loads((chart / "values.schema.json").read_text())
 cfg_schema = schema["properties"]["config"]["properties"]
-known_top = {k for k, v in cfg_schema.items() if k not in ("log", "tier", "groups")}
+sections = [k for k, v in cfg_schema.items() if v.get("type") == "object"]
+known_top = {k for k in cfg_schema if k not in sections}
 known_top |= {"data_dir", "kafka_listen", "http_listen", "advertised_listener"}
-known_tables = {t: set(cfg_schema[t]["properties"]) for t in ("log", "tier", "groups")}
+known_tables = {t: set(cfg_schema[t]["properties"]) for t in sections}
 
 # The fields of monitoring.coreos.com/v1 ServiceMonitor that the chart renders,
 # with their CRD types; anything else is refused, so a typo cannot slip through.

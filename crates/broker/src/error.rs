@@ -14,8 +14,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with a message.
+    /// An error with a message. Every one is counted in
+    /// `strata_errors_total{error}`: each is on its way to a client.
     pub fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        metrics::counter!("strata_errors_total", "error" => error_name(code)).increment(1);
         Self {
             code,
             message: message.into(),
@@ -52,6 +54,20 @@ impl ApiError {
     pub fn code(&self) -> i16 {
         self.code.code()
     }
+}
+
+/// Kafka's name for an error code, as a metrics label.
+fn error_name(code: ResponseError) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashMap<i16, &'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("names lock");
+    names
+        .entry(code.code())
+        .or_insert_with(|| Box::leak(format!("{code:?}").into_boxed_str()))
 }
 
 impl From<strata_log::Error> for ApiError {

@@ -598,6 +598,12 @@ fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
                     })
                     .collect();
                 for (ti, pd) in parts {
+                    let n = pd.records.as_ref().map_or(0, |r| r.len());
+                    if n > 0 {
+                        let topic = resp.responses[ti].topic.0.to_string();
+                        metrics::counter!("strata_topic_bytes_out_total", "topic" => topic)
+                            .increment(n as u64);
+                    }
                     resp.responses[ti].partitions.push(pd);
                 }
                 return ResponseKind::Fetch(resp);
@@ -834,7 +840,7 @@ fn cold_error(p: &Partition, e: strata_tier::Error) -> ApiError {
     )
 }
 
-async fn lookup_offset(
+pub(crate) async fn lookup_offset(
     broker: &Arc<Broker>,
     p: &Arc<Partition>,
     ts: i64,

@@ -6,6 +6,7 @@
 //! directory, [`server::serve`] answers Kafka clients until its cancellation
 //! token fires, and [`Broker::close`] flushes every log.
 
+pub mod admin_api;
 pub mod config;
 pub mod error;
 pub mod group_api;

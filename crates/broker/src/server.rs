@@ -13,8 +13,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
@@ -43,7 +43,30 @@ enum Outgoing {
         version: i16,
         correlation_id: i32,
         reply: ReplyFuture,
+        started: Instant,
     },
+}
+
+/// Records a request answered: its count and its time to an answer.
+fn observe(api_key: ApiKey, started: Instant) {
+    let api = api_name(api_key);
+    metrics::counter!("strata_requests_total", "api" => api).increment(1);
+    metrics::histogram!("strata_request_duration_seconds", "api" => api)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The API's name as Kafka spells it (`Produce`, `Fetch`...).
+fn api_name(api_key: ApiKey) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static NAMES: OnceLock<Mutex<HashMap<i16, &'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("names lock");
+    names
+        .entry(api_key as i16)
+        .or_insert_with(|| Box::leak(format!("{api_key:?}").into_boxed_str()))
 }
 
 /// Serves Kafka clients on `listener` until `shutdown` is cancelled.
@@ -99,6 +122,9 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    metrics::counter!("strata_connections_accepted_total").increment(1);
+    metrics::gauge!("strata_connections").increment(1.0);
+    let _open = scopeguard(|| metrics::gauge!("strata_connections").decrement(1.0));
     debug!(%peer, "connection opened");
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
@@ -149,6 +175,7 @@ async fn connection(
 
 /// Decodes and applies one request. `None` closes the connection.
 async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Option<Outgoing> {
+    let started = Instant::now();
     let request = match parse_request(frame, handlers::supported_versions) {
         Ok(r) => r,
         Err(WireError::UnsupportedVersion {
@@ -184,8 +211,9 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
         .as_deref()
         .unwrap_or("")
         .to_string();
-    let span =
-        tracing::debug_span!("request", api = ?api_key, version, client_id = %client_id, %peer);
+    // One span per request: every event a handler logs carries the API,
+    // version and client.
+    let span = tracing::info_span!("request", api = api_name(api_key), version, client_id = %client_id, %peer);
     let ctx = handlers::RequestContext {
         version,
         client_id,
@@ -196,6 +224,7 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
         .await;
     let reply: ReplyFuture = match reply {
         Reply::Now(body) => {
+            observe(api_key, started);
             return match encode_response(api_key, version, correlation_id, &body) {
                 Ok(b) => Some(Outgoing::Ready(b)),
                 Err(e) => {
@@ -205,7 +234,10 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
             };
         }
         Reply::Later(fut) => fut,
-        Reply::Nothing => return Some(Outgoing::Ready(Bytes::new())),
+        Reply::Nothing => {
+            observe(api_key, started);
+            return Some(Outgoing::Ready(Bytes::new()));
+        }
         Reply::Close(why) => {
             warn!(%peer, api = ?api_key, version, reason = %why, "closing connection");
             return None;
@@ -216,7 +248,21 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
         version,
         correlation_id,
         reply,
+        started,
     })
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
@@ -229,8 +275,10 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: 
                 version,
                 correlation_id,
                 reply,
+                started,
             } => {
                 let body = reply.await;
+                observe(api_key, started);
                 match encode_response(api_key, version, correlation_id, &body) {
                     Ok(b) => b,
                     Err(e) => {

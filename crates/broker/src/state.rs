@@ -85,6 +85,10 @@ pub struct Partition {
     pub(crate) tier: Arc<Tier>,
     /// The broker-wide count of local segment bytes (the disk guard's input).
     local_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// `strata_topic_bytes_in_total` and `strata_topic_messages_in_total`
+    /// of the topic, registered once.
+    bytes_in: metrics::Counter,
+    messages_in: metrics::Counter,
 }
 
 /// Offsets of a partition at one moment.
@@ -202,6 +206,11 @@ impl Partition {
         })?;
         if rolled && self.policy().remote {
             self.tier.wake_offloader();
+        }
+        if !info.duplicate {
+            self.bytes_in.increment(records.len() as u64);
+            self.messages_in
+                .increment((info.last_offset - info.base_offset + 1) as u64);
         }
         Ok(info)
     }
@@ -482,6 +491,8 @@ impl Broker {
             policy: RwLock::new(*policy),
             tier: self.tier.clone(),
             local_bytes: self.disk.used.clone(),
+            bytes_in: metrics::counter!("strata_topic_bytes_in_total", "topic" => rec.name.clone()),
+            messages_in: metrics::counter!("strata_topic_messages_in_total", "topic" => rec.name.clone()),
         }))
     }
 

@@ -3,8 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -13,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-mod http;
+mod cli;
 mod settings;
 
 #[derive(Parser, Debug)]
@@ -43,6 +41,27 @@ enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Topics, through a running broker's admin API.
+    Topic {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::TopicCommand,
+    },
+    /// Consumer groups, through a running broker's admin API.
+    Group {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::GroupCommand,
+    },
+    /// The object tier, through a running broker's admin API.
+    Tier {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::TierCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +116,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Topic { target, command } => cli::topic(&target, command),
+        Command::Group { target, command } => cli::group(&target, command),
+        Command::Tier { target, command } => cli::tier(&target, command),
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", toml::to_string(&BrokerConfig::default())?);
             Ok(())
@@ -162,38 +184,50 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         a => split_host_port(a)?,
     };
 
+    // HTTP first: /healthz answers and /readyz says why not ready while the
+    // data directory is recovered.
+    let prometheus = strata_admin::metrics::install_recorder().map_err(anyhow::Error::msg)?;
+    let admin = strata_admin::AdminState::new(Some(prometheus));
+    let http_shutdown = CancellationToken::new();
+    let http_task = tokio::spawn(strata_admin::serve(
+        http,
+        admin.clone(),
+        http_shutdown.clone(),
+    ));
+    println!("http listening on {http_addr}");
+
     let data_dir = config.data_dir.clone();
     let broker = Broker::start(config)
         .await
         .with_context(|| format!("cannot start on data directory {}", data_dir.display()))?;
     broker.set_advertised(adv_host.clone(), adv_port);
+    admin.set_broker(broker.clone());
 
-    let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve(http, ready.clone(), shutdown.clone()));
     let background = tokio::spawn(server::background(broker.clone(), shutdown.clone()));
     let kafka_task = tokio::spawn(server::serve(broker.clone(), kafka, shutdown.clone()));
-    ready.store(true, Ordering::SeqCst);
+    admin.set_kafka_up(true);
 
     // Scripts and tests read these lines to learn the bound ports.
     println!("kafka listening on {kafka_addr}");
-    println!("http listening on {http_addr}");
     info!(kafka = %kafka_addr, advertised = %format!("{adv_host}:{adv_port}"), http = %http_addr, data_dir = %data_dir.display(), "strata is serving");
 
     wait_for_signal().await;
     info!("shutting down: finishing in-flight requests");
-    ready.store(false, Ordering::SeqCst);
+    admin.set_stopping();
     shutdown.cancel();
     if let Err(e) = kafka_task.await {
         warn!(error = %e, "kafka listener task failed");
     }
+    admin.set_kafka_up(false);
     let _ = background.await;
-    let _ = http_task.await;
     let deadline =
         std::time::Duration::from_millis(broker.config().tier.shutdown_upload_timeout_ms);
     strata_broker::tiering::flush_to_tier(&broker, deadline).await;
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.close()).await?;
+    http_shutdown.cancel();
+    let _ = http_task.await;
     info!("shutdown complete");
     Ok(())
 }

@@ -193,6 +193,8 @@ impl Remote {
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.timeout, f).await;
         let elapsed = started.elapsed().as_micros() as u64;
+        metrics::histogram!("strata_object_store_request_duration_seconds", "op" => op.name())
+            .record(elapsed as f64 / 1e6);
         let table = self.topic_table(key.as_ref());
         let tables: Vec<&OpCounters> = std::iter::once(&self.totals[slot(op)])
             .chain(table.as_ref().map(|t| &t[slot(op)]))

@@ -1,0 +1,163 @@
+//! The HTTP side of a broker: liveness, readiness, Prometheus metrics and
+//! the REST admin API (`/v1/...`), with JSON errors that say what to do.
+//!
+//! The router serves from the moment the listener is bound: `/healthz`
+//! answers at once, `/readyz` says 503 with the reasons until log recovery
+//! has finished, the Kafka listener is up and the object tier answers, and
+//! the admin routes answer 503 until the broker is open.
+
+pub mod api;
+pub mod metrics;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use strata_broker::Broker;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// What the HTTP side shares with the rest of the process.
+pub struct AdminState {
+    broker: OnceLock<Arc<Broker>>,
+    kafka_up: AtomicBool,
+    stopping: AtomicBool,
+    prometheus: Option<PrometheusHandle>,
+    started: Instant,
+}
+
+impl AdminState {
+    /// State for a process that is starting. `prometheus` renders `/metrics`.
+    pub fn new(prometheus: Option<PrometheusHandle>) -> Arc<Self> {
+        Arc::new(Self {
+            broker: OnceLock::new(),
+            kafka_up: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            prometheus,
+            started: Instant::now(),
+        })
+    }
+
+    /// The broker is open (recovery done).
+    pub fn set_broker(&self, broker: Arc<Broker>) {
+        let _ = self.broker.set(broker);
+    }
+
+    /// The Kafka listener accepts connections.
+    pub fn set_kafka_up(&self, up: bool) {
+        self.kafka_up.store(up, Ordering::SeqCst);
+    }
+
+    /// Shutdown has begun: not ready any more.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn broker(&self) -> Result<&Arc<Broker>, ApiProblem> {
+        self.broker.get().ok_or_else(|| {
+            ApiProblem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "the broker is still opening its data directory; retry in a moment",
+            )
+        })
+    }
+
+    pub(crate) fn uptime_seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
+
+/// An error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug)]
+pub struct ApiProblem {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiProblem {
+    /// A problem with an HTTP status, a stable code and a message saying what to do.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiProblem {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
+        .nest("/v1", api::routes())
+        .fallback(|| async {
+            ApiProblem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint: see docs/admin-api.md for the routes",
+            )
+        })
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let mut reasons = Vec::new();
+    if state.stopping.load(Ordering::SeqCst) {
+        reasons.push("shutting down".to_string());
+    }
+    match state.broker.get() {
+        None => reasons.push("log recovery in progress".to_string()),
+        Some(b) => {
+            if !b.tier().is_reachable() {
+                reasons.push(format!(
+                    "object tier {} is unreachable",
+                    b.tier().store_status().description
+                ));
+            }
+        }
+    }
+    if !state.kafka_up.load(Ordering::SeqCst) {
+        reasons.push("Kafka listener not accepting yet".to_string());
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reasons": reasons})),
+        )
+            .into_response()
+    }
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    if let Err(e) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        warn!(error = %e, "http listener failed");
+    }
+}

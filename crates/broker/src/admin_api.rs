@@ -1,0 +1,227 @@
+//! The broker's small Rust API for operators: what the HTTP admin API and
+//! the metrics endpoint read, and the few actions they take that the Kafka
+//! API does not offer in one step (resetting a group's offsets).
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::groups::{CommittedOffset, OffsetCommit};
+use crate::state::{now_ms, Broker, Partition};
+
+/// Where to move offsets to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start (the object tier's, for tiered partitions).
+    Earliest,
+    /// The high watermark.
+    Latest,
+    /// The first offset with a timestamp at or after this (ms).
+    Timestamp(i64),
+    /// This offset, clamped to the log.
+    Offset(i64),
+}
+
+/// The object tier's view of a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteView {
+    /// First offset the tier holds.
+    pub start: i64,
+    /// Offset after the last one it holds.
+    pub end: i64,
+    /// Bytes it holds.
+    pub bytes: u64,
+    /// Segments it holds.
+    pub segments: usize,
+    /// Manifest generation.
+    pub generation: u64,
+    /// Segments uploaded since the broker started.
+    pub uploaded_segments: u64,
+    /// Bytes uploaded since the broker started.
+    pub uploaded_bytes: u64,
+    /// When the last upload finished (ms since the epoch; 0: none yet).
+    pub last_upload_ms: i64,
+    /// Failed uploads in a row.
+    pub consecutive_failures: u32,
+    /// The last upload error, while uploads keep failing.
+    pub last_error: Option<String>,
+}
+
+/// A partition's hot and cold ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionStatus {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset held anywhere.
+    pub log_start: i64,
+    /// First offset on local disk.
+    pub local_start: i64,
+    /// Next offset to be written.
+    pub log_end: i64,
+    /// What readers see.
+    pub high_watermark: i64,
+    /// Bytes on local disk.
+    pub local_bytes: u64,
+    /// Whether the topic tiers to the object store.
+    pub remote_storage_enable: bool,
+    /// The object tier's range, when its manifest is loaded.
+    pub remote: Option<RemoteView>,
+    /// Local bytes not yet in the object tier (tiered topics; includes the
+    /// active segment).
+    pub offload_lag_bytes: u64,
+    /// Closed segments waiting for upload.
+    pub offload_lag_segments: usize,
+}
+
+impl Broker {
+    /// The hot and cold ranges of a partition.
+    pub fn partition_status(&self, p: &Partition) -> PartitionStatus {
+        let o = p.offsets();
+        let policy = p.policy();
+        let remote = self
+            .tier()
+            .partition_status(p.topic_id, p.index)
+            .map(|r| RemoteView {
+                start: r.log_start_offset,
+                end: r.next_offset,
+                bytes: r.size_bytes,
+                segments: r.segments,
+                generation: r.generation,
+                uploaded_segments: r.offload.uploaded_segments,
+                uploaded_bytes: r.offload.uploaded_bytes,
+                last_upload_ms: r.offload.last_upload_ms,
+                consecutive_failures: r.offload.consecutive_failures,
+                last_error: r.offload.last_error,
+            });
+        let (lag_bytes, lag_segments) = match (&remote, policy.remote) {
+            (Some(r), true) => p.with_log(|l| {
+                let closed = l.closed_segments();
+                (
+                    l.size_bytes_from(r.end),
+                    closed.iter().filter(|s| s.next_offset > r.end).count(),
+                )
+            }),
+            (None, true) => p.with_log(|l| (l.size_bytes(), l.closed_segments().len())),
+            _ => (0, 0),
+        };
+        PartitionStatus {
+            topic: p.topic.clone(),
+            partition: p.index,
+            log_start: o.log_start,
+            local_start: o.local_start,
+            log_end: o.log_end,
+            high_watermark: o.high_watermark,
+            local_bytes: o.size_bytes,
+            remote_storage_enable: policy.remote,
+            remote,
+            offload_lag_bytes: lag_bytes,
+            offload_lag_segments: lag_segments,
+        }
+    }
+
+    /// Every partition's status, by topic then partition.
+    pub fn partition_statuses(&self) -> Vec<PartitionStatus> {
+        self.topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| self.partition_status(&p))
+            .collect()
+    }
+
+    /// The offset `spec` names in a partition, like ListOffsets.
+    pub async fn resolve_offset(
+        self: &Arc<Self>,
+        p: &Arc<Partition>,
+        spec: OffsetSpec,
+    ) -> Result<i64, ApiError> {
+        let o = p.offsets();
+        Ok(match spec {
+            OffsetSpec::Earliest => o.log_start,
+            OffsetSpec::Latest => o.high_watermark,
+            OffsetSpec::Offset(n) => n.clamp(o.log_start, o.high_watermark),
+            OffsetSpec::Timestamp(ts) => {
+                match crate::handlers::lookup_offset(self, p, ts).await?.0 {
+                    -1 => o.high_watermark,
+                    n => n,
+                }
+            }
+        })
+    }
+
+    /// Moves a group's committed offsets, for `topic` (every partition) or
+    /// for every partition it has committed, to `spec`. Refused while the
+    /// group has members: they would overwrite the new offsets.
+    pub async fn reset_group_offsets(
+        self: &Arc<Self>,
+        group: &str,
+        topic: Option<&str>,
+        spec: OffsetSpec,
+    ) -> Result<Vec<(String, i32, i64)>, ApiError> {
+        if let Some(d) = self.groups().describe(group) {
+            if !d.members.is_empty() {
+                return Err(ApiError::new(
+                    ResponseError::NonEmptyGroup,
+                    format!(
+                        "group '{group}' has {} active members: stop its consumers before resetting its offsets",
+                        d.members.len()
+                    ),
+                ));
+            }
+        }
+        let targets: Vec<Arc<Partition>> = match topic {
+            Some(t) => self
+                .topic(t)
+                .ok_or_else(|| ApiError::unknown_topic(t))?
+                .partitions(),
+            None => {
+                let committed = self.groups().committed(group, None);
+                if committed.is_empty() {
+                    return Err(ApiError::new(
+                        ResponseError::GroupIdNotFound,
+                        format!("group '{group}' has no committed offsets: name a topic to reset"),
+                    ));
+                }
+                committed
+                    .iter()
+                    .filter_map(|(t, p, _)| self.topic(t).and_then(|t| t.partition(*p)))
+                    .collect()
+            }
+        };
+        let now = now_ms();
+        let mut commits = Vec::with_capacity(targets.len());
+        for p in &targets {
+            let offset = self.resolve_offset(p, spec).await?;
+            commits.push(OffsetCommit {
+                topic: p.topic.clone(),
+                partition: p.index,
+                value: CommittedOffset {
+                    offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp: now,
+                },
+            });
+        }
+        let result: Vec<(String, i32, i64)> = commits
+            .iter()
+            .map(|c| (c.topic.clone(), c.partition, c.value.offset))
+            .collect();
+        let this = self.clone();
+        let group_id = group.to_string();
+        tokio::task::spawn_blocking(move || this.groups().commit(&group_id, commits))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::storage)?;
+        tracing::info!(
+            group,
+            topic = topic.unwrap_or("(committed)"),
+            ?spec,
+            "group offsets reset"
+        );
+        Ok(result)
+    }
+}
