@@ -36,6 +36,8 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/groups/{id}", get(describe_group).delete(delete_group))
         .route("/groups/{id}/reset-offsets", post(reset_offsets))
         .route("/tier", get(tier_status))
+        .route("/lake", get(lake_status))
+        .route("/lake/snapshot", post(lake_snapshot))
 }
 
 /// A JSON body whose rejection is a JSON error.
@@ -519,4 +521,60 @@ async fn tier_status(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Val
         },
         "partitions": partitions,
     })))
+}
+
+// ------------------------------------------------------------------ lake
+
+async fn lake_status(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+    let b = state.broker()?;
+    let written = b.lake().status();
+    let mut partitions = Vec::new();
+    for t in b.topics() {
+        for p in t.partitions() {
+            if p.lake_format().is_none() {
+                continue;
+            }
+            let hw = p.offsets().high_watermark;
+            let w = written
+                .iter()
+                .find(|w| w.topic == p.topic && w.partition == p.index);
+            let next = w.map_or(0, |w| w.next_offset);
+            partitions.push(json!({
+                "topic": p.topic,
+                "partition": p.index,
+                "next_offset": next,
+                "lag": (hw - next).max(0),
+                "files": w.map_or(0, |w| w.files),
+                "rows": w.map_or(0, |w| w.rows),
+                "bytes_written": w.map_or(0, |w| w.bytes_written),
+                "schema_mismatches": w.map_or(0, |w| w.schema_mismatches),
+                "last_error": w.and_then(|w| w.last_error.clone()),
+            }));
+        }
+    }
+    Ok(Json(json!({"partitions": partitions})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    topic: String,
+    /// Milliseconds since the epoch.
+    as_of: i64,
+    /// `s3://bucket/key.parquet` or `file:///path/key.parquet`.
+    output: String,
+}
+
+async fn lake_snapshot(
+    State(state): State<Arc<AdminState>>,
+    Body(req): Body<SnapshotRequest>,
+) -> ApiResult<Json<Value>> {
+    let b = state.broker()?;
+    let summary = b
+        .lake_snapshot(&req.topic, req.as_of, &req.output)
+        .await
+        .map_err(problem)?;
+    Ok(Json(
+        serde_json::to_value(summary).expect("summary serializes"),
+    ))
 }

@@ -303,6 +303,37 @@ fn scrape_broker(b: &strata_broker::Broker, out: &mut Text) {
     }
 
     out.family(
+        "strata_lake_next_offset",
+        "gauge",
+        "every record below this offset is in the lake",
+    );
+    out.family(
+        "strata_lake_lag_records",
+        "gauge",
+        "records in the log not yet in the lake",
+    );
+    let written = b.lake().status();
+    for p in &parts {
+        let Some(w) = written
+            .iter()
+            .find(|w| w.topic == p.topic && w.partition == p.partition)
+        else {
+            continue;
+        };
+        let partition = p.partition.to_string();
+        let labels = [
+            ("topic", p.topic.as_str()),
+            ("partition", partition.as_str()),
+        ];
+        out.sample("strata_lake_next_offset", &labels, w.next_offset);
+        out.sample(
+            "strata_lake_lag_records",
+            &labels,
+            (p.high_watermark - w.next_offset).max(0),
+        );
+    }
+
+    out.family(
         "strata_consumer_group_lag",
         "gauge",
         "high watermark minus committed offset, per partition",

@@ -54,6 +54,8 @@ pub struct BrokerConfig {
     pub groups: crate::groups::GroupConfig,
     /// The object tier.
     pub tier: strata_tier::TierConfig,
+    /// The lake writer.
+    pub lake: strata_lake::LakeConfig,
 }
 
 /// Broker-level defaults of the per-topic log settings.
@@ -113,6 +115,7 @@ impl Default for BrokerConfig {
             log: LogDefaults::default(),
             groups: crate::groups::GroupConfig::default(),
             tier: strata_tier::TierConfig::default(),
+            lake: strata_lake::LakeConfig::default(),
         }
     }
 }
@@ -160,6 +163,7 @@ impl BrokerConfig {
         }
         self.groups.validate()?;
         self.tier.validate()?;
+        self.lake.validate()?;
         if self.log.producer_id_expiration_ms < 1 {
             return Err("log.producer_id_expiration_ms must be >= 1".into());
         }

@@ -1159,9 +1159,13 @@ const TYPE_BOOLEAN: i8 = 1;
 fn topic_config_type(name: &str) -> i8 {
     match name {
         "cleanup.policy" => TYPE_LIST,
-        "compression.type" | "message.timestamp.type" => TYPE_STRING,
+        "compression.type"
+        | "message.timestamp.type"
+        | "lake.value.format"
+        | "lake.value.schema"
+        | "lake.value.schema.file" => TYPE_STRING,
         "index.interval.bytes" | "max.message.bytes" | "segment.bytes" => TYPE_INT,
-        "remote.storage.enable" => TYPE_BOOLEAN,
+        "remote.storage.enable" | "lake.enable" => TYPE_BOOLEAN,
         _ => TYPE_LONG,
     }
 }

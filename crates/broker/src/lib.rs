@@ -12,6 +12,7 @@ pub mod error;
 pub mod group_api;
 pub mod groups;
 pub mod handlers;
+pub mod lake_host;
 pub mod metadata;
 pub mod server;
 pub mod state;

@@ -325,6 +325,10 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
         retention,
         shutdown.clone(),
     ));
+    let lake_task = tokio::spawn(broker.lake().clone().run(
+        broker.clone() as Arc<dyn strata_lake::LakeHost>,
+        shutdown.clone(),
+    ));
     let mut snapshot_tick = tokio::time::interval(Duration::from_millis(
         tier.config().metadata_snapshot_interval_ms,
     ));
@@ -363,5 +367,6 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
         }
     }
     let _ = tier_task.await;
+    let _ = lake_task.await;
     info!("background tasks stopped");
 }

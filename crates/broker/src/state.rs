@@ -83,6 +83,9 @@ pub struct Partition {
     flush: FlushPolicy,
     policy: RwLock<StoragePolicy>,
     pub(crate) tier: Arc<Tier>,
+    pub(crate) lake: Arc<strata_lake::Lake>,
+    /// How values are typed in the lake, when the topic has `lake.enable`.
+    lake_format: RwLock<Option<Arc<strata_lake::ValueFormat>>>,
     /// The broker-wide count of local segment bytes (the disk guard's input).
     local_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// `strata_topic_bytes_in_total` and `strata_topic_messages_in_total`
@@ -195,6 +198,15 @@ impl Partition {
         *self.policy.write().expect("policy lock") = p;
     }
 
+    /// The lake's value format, when the topic has `lake.enable`.
+    pub fn lake_format(&self) -> Option<Arc<strata_lake::ValueFormat>> {
+        self.lake_format.read().expect("lake lock").clone()
+    }
+
+    pub(crate) fn set_lake_format(&self, f: Option<strata_lake::ValueFormat>) {
+        *self.lake_format.write().expect("lake lock") = f.map(Arc::new);
+    }
+
     /// Appends a produce request's records. Blocking (file I/O).
     pub fn append(&self, records: &mut [u8]) -> Result<AppendInfo, strata_log::Error> {
         let epoch = self.leader_epoch;
@@ -228,10 +240,17 @@ impl Partition {
                 delete_below: Some(uploaded),
             }
         } else {
+            // A lake-enabled topic without remote storage: keep what the
+            // lake has not turned into Parquet yet.
+            let lake_floor = self.lake_format().map(|_| {
+                self.lake
+                    .committed(self.topic_id, self.index)
+                    .unwrap_or(i64::MIN)
+            });
             strata_log::RetentionLimits {
                 retention_ms: policy.retention_ms,
                 retention_bytes: policy.retention_bytes,
-                delete_below: None,
+                delete_below: lake_floor,
             }
         };
         let (rolled, deleted) = self.with_log(|l| {
@@ -248,6 +267,22 @@ impl Partition {
             self.tier.wake_offloader();
         }
         Ok(deleted)
+    }
+
+    /// Rolls the active segment when it is older than `segment.ms` and not
+    /// empty, waking the offloader for a tiered topic: the lake (and the
+    /// object tier) see an idle partition's tail without waiting for the
+    /// retention pass. Blocking.
+    pub fn roll_if_idle(&self, now: i64) -> Result<bool, strata_log::Error> {
+        let rolled = self.with_log(|l| {
+            let before = l.segment_count();
+            l.maybe_roll_idle(now)?;
+            Ok::<_, strata_log::Error>(l.segment_count() > before)
+        })?;
+        if rolled && self.policy().remote {
+            self.tier.wake_offloader();
+        }
+        Ok(rolled)
     }
 
     /// Makes everything below `offset` durable, sharing the fsync with
@@ -335,6 +370,8 @@ pub struct Broker {
     producer_ids: Mutex<std::ops::Range<i64>>,
     /// The object tier.
     tier: Arc<Tier>,
+    /// The lake writer.
+    lake: Arc<strata_lake::Lake>,
     /// Local disk use, refreshed at most every second, for the produce guard.
     pub(crate) disk: crate::tiering::DiskGuard,
     /// Bumped on every metadata change, so snapshots to the tier know when to run.
@@ -395,6 +432,7 @@ impl Broker {
             producer_ids: Mutex::new(0..0),
             disk: crate::tiering::DiskGuard::default(),
             metadata_version: std::sync::atomic::AtomicU64::new(1),
+            lake: strata_lake::Lake::new(config.lake.clone(), tier.clone()),
             tier,
             config,
         });
@@ -422,6 +460,11 @@ impl Broker {
     /// The object tier.
     pub fn tier(&self) -> &Arc<Tier> {
         &self.tier
+    }
+
+    /// The lake writer.
+    pub fn lake(&self) -> &Arc<strata_lake::Lake> {
+        &self.lake
     }
 
     fn remove_stale_dirs(
@@ -463,6 +506,10 @@ impl Broker {
         let marker = dir.join(PARTITION_METADATA);
         let fresh = !marker.exists();
         let (log_config, policy) = settings;
+        let lake_format = TopicConfig(rec.configs.clone())
+            .lake(&self.config.log)
+            .map_err(anyhow::Error::msg)?
+            .map(Arc::new);
         let log: Log = match resume.get(&(rec.id, index)) {
             Some((offset, snapshot)) if fresh => {
                 let mut log = Log::open_from(&dir, log_config.clone(), now_ms(), *offset)?;
@@ -490,6 +537,8 @@ impl Broker {
             flush: self.config.log.flush,
             policy: RwLock::new(*policy),
             tier: self.tier.clone(),
+            lake: self.lake.clone(),
+            lake_format: RwLock::new(lake_format),
             local_bytes: self.disk.used.clone(),
             bytes_in: metrics::counter!("strata_topic_bytes_in_total", "topic" => rec.name.clone()),
             messages_in: metrics::counter!("strata_topic_messages_in_total", "topic" => rec.name.clone()),
@@ -749,9 +798,13 @@ impl Broker {
         // finishes leaves objects the start-up garbage collection removes.
         let tier = self.tier.clone();
         let name_owned = name.to_string();
+        let lake = self.lake.clone();
         tokio::spawn(async move {
             if let Err(e) = tier.delete_topic(&name_owned, id).await {
                 warn!(topic = %name_owned, %id, error = %e, "cannot delete the topic's objects now; they are removed at next start");
+            }
+            if let Err(e) = lake.delete_topic(&name_owned).await {
+                warn!(topic = %name_owned, error = %e, "cannot delete the topic's lake files");
             }
         });
         Ok(id)
@@ -855,10 +908,14 @@ impl Broker {
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::storage)?;
+        let lake_format = configs
+            .lake(&self.config.log)
+            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
         *topic.configs.write().expect("configs lock") = configs;
         for p in topic.partitions() {
             p.with_log(|l| l.set_config(log_config.clone()));
             p.set_policy(policy);
+            p.set_lake_format(lake_format.clone());
         }
         info!(topic = name, "topic configs changed");
         self.metadata_changed();

@@ -79,6 +79,13 @@ impl LocalPartition for Partition {
         RetentionPolicy {
             retention_ms: p.retention_ms,
             retention_bytes: p.retention_bytes,
+            // The lake reads the object tier's segments: keep what it has
+            // not turned into Parquet yet.
+            keep_from: self.lake_format().map(|_| {
+                self.lake
+                    .committed(self.topic_id, self.index)
+                    .unwrap_or(i64::MIN)
+            }),
         }
     }
 

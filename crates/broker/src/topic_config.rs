@@ -31,6 +31,22 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
         doc: "bytes of log between offset index entries",
     },
     ConfigKey {
+        name: "lake.enable",
+        doc: "write the topic as Parquet files in the object tier's lake/ directory",
+    },
+    ConfigKey {
+        name: "lake.value.format",
+        doc: "bytes, json or avro: how values become typed Parquet columns",
+    },
+    ConfigKey {
+        name: "lake.value.schema",
+        doc: "the value schema inline: a JSON Schema (json) or an Avro record schema (avro)",
+    },
+    ConfigKey {
+        name: "lake.value.schema.file",
+        doc: "a file on the broker holding the value schema, instead of lake.value.schema",
+    },
+    ConfigKey {
         name: "local.retention.bytes",
         doc: "with remote storage: per-partition local size above which uploaded segments are dropped locally (-2: retention.bytes)",
     },
@@ -144,7 +160,12 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
         "message.timestamp.type" => parse_timestamp_type(value).map(drop),
         "retention.bytes" | "retention.ms" => parse_i64(name, value, -1).map(drop),
         "local.retention.bytes" | "local.retention.ms" => parse_i64(name, value, -2).map(drop),
-        "remote.storage.enable" => parse_bool(name, value).map(drop),
+        "remote.storage.enable" | "lake.enable" => parse_bool(name, value).map(drop),
+        "lake.value.format" => match value {
+            "bytes" | "json" | "avro" => Ok(()),
+            other => Err(format!("lake.value.format: '{other}' is not bytes, json or avro")),
+        },
+        "lake.value.schema" | "lake.value.schema.file" => Ok(()),
         "segment.bytes" => parse_i64(name, value, 14).and_then(|v| {
             if v > i32::MAX as i64 {
                 Err(format!("{name}: {v} is above {}", i32::MAX))
@@ -185,6 +206,9 @@ impl TopicConfig {
             "local.retention.bytes" => defaults.local_retention_bytes.to_string(),
             "local.retention.ms" => defaults.local_retention_ms.to_string(),
             "remote.storage.enable" => defaults.remote_storage_enable.to_string(),
+            "lake.enable" => "false".to_string(),
+            "lake.value.format" => "bytes".to_string(),
+            "lake.value.schema" | "lake.value.schema.file" => String::new(),
             "retention.ms" => defaults.retention_ms.to_string(),
             "segment.bytes" => defaults.segment_bytes.to_string(),
             "segment.ms" => defaults.segment_ms.to_string(),
@@ -217,9 +241,27 @@ impl TopicConfig {
         })
     }
 
-    /// Both the log settings and the storage policy, validated together.
+    /// Both the log settings and the storage policy, validated together
+    /// (with the lake settings).
     pub fn settings(&self, defaults: &LogDefaults) -> Result<(LogConfig, StoragePolicy), String> {
+        self.lake(defaults)?;
         Ok((self.resolve(defaults)?, self.storage_policy(defaults)?))
+    }
+
+    /// The lake settings: `None` unless `lake.enable`, else how values are typed.
+    pub fn lake(&self, defaults: &LogDefaults) -> Result<Option<strata_lake::ValueFormat>, String> {
+        let get = |name: &str| self.value_of(name, defaults).0;
+        if !parse_bool("lake.enable", &get("lake.enable"))? {
+            return Ok(None);
+        }
+        let file = get("lake.value.schema.file");
+        let schema = if file.is_empty() {
+            get("lake.value.schema")
+        } else {
+            std::fs::read_to_string(&file)
+                .map_err(|e| format!("lake.value.schema.file: cannot read {file}: {e}"))?
+        };
+        strata_lake::ValueFormat::parse(&get("lake.value.format"), Some(&schema)).map(Some)
     }
 
     /// The log settings this topic runs with.

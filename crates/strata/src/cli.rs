@@ -407,3 +407,80 @@ pub(crate) fn tier(t: &Target, cmd: TierCommand) -> Result<()> {
         Ok(())
     })
 }
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LakeCommand {
+    /// Progress of every lake-enabled partition.
+    Status,
+    /// Write the latest value of every key as of a time, as Parquet.
+    Snapshot {
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// The time: milliseconds since the epoch, or RFC 3339 (2026-11-22T10:00:00Z).
+        #[arg(long)]
+        as_of: String,
+        /// Where to write: s3://bucket/key.parquet or file:///path/key.parquet.
+        #[arg(long)]
+        output: String,
+    },
+}
+
+fn parse_time(s: &str) -> Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .with_context(|| {
+            format!("'{s}' is neither milliseconds since the epoch nor an RFC 3339 time")
+        })
+}
+
+pub(crate) fn lake(t: &Target, cmd: LakeCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        let c = Client::new(t);
+        let v = match cmd {
+            LakeCommand::Status => c.call(reqwest::Method::GET, "/lake", None).await?,
+            LakeCommand::Snapshot { topic, as_of, output } => {
+                let as_of = parse_time(&as_of)?;
+                c.call(reqwest::Method::POST, "/lake/snapshot", Some(json!({"topic": topic, "as_of": as_of, "output": output})))
+                    .await?
+            }
+        };
+        if t.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if let Some(parts) = v["partitions"].as_array() {
+            table(
+                &["TOPIC", "PARTITION", "NEXT OFFSET", "LAG", "FILES", "ROWS", "MISMATCHES", "ERROR"],
+                parts
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            s(&p["topic"]),
+                            s(&p["partition"]),
+                            s(&p["next_offset"]),
+                            s(&p["lag"]),
+                            s(&p["files"]),
+                            s(&p["rows"]),
+                            s(&p["schema_mismatches"]),
+                            s(&p["last_error"]),
+                        ]
+                    })
+                    .collect(),
+            );
+        } else {
+            println!(
+                "wrote {} keys of {} as of {} to {} ({} bytes; {} lake files and {} log records read)",
+                s(&v["keys"]),
+                s(&v["topic"]),
+                s(&v["as_of"]),
+                s(&v["output"]),
+                s(&v["bytes"]),
+                s(&v["lake_files"]),
+                s(&v["log_records"])
+            );
+        }
+        Ok(())
+    })
+}

@@ -62,6 +62,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::TierCommand,
     },
+    /// The lake: progress and snapshots, through a running broker's admin API.
+    Lake {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::LakeCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +126,7 @@ fn main() -> Result<()> {
         Command::Topic { target, command } => cli::topic(&target, command),
         Command::Group { target, command } => cli::group(&target, command),
         Command::Tier { target, command } => cli::tier(&target, command),
+        Command::Lake { target, command } => cli::lake(&target, command),
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", toml::to_string(&BrokerConfig::default())?);
             Ok(())

@@ -14,6 +14,10 @@ use std::sync::OnceLock;
 pub const AFTER_UPLOAD: &str = "tier.after_upload";
 /// Between committing the manifest and any local deletion.
 pub const AFTER_COMMIT: &str = "tier.after_commit";
+/// In the middle of writing a lake file (part of it sent, not completed).
+pub const LAKE_MID_FILE: &str = "lake.mid_file";
+/// After a segment's lake files are written, before its progress is recorded.
+pub const LAKE_BEFORE_PROGRESS: &str = "lake.before_progress";
 
 struct Point {
     abort_at: u64,

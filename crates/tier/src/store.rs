@@ -191,6 +191,65 @@ pub async fn connect(config: &TierConfig, default_dir: &std::path::Path) -> Resu
     Ok(remote)
 }
 
+/// A store and object path for a single-object URL such as a snapshot's
+/// output: `s3://bucket/key` (with the tier's S3 settings: endpoint, region,
+/// credentials) or `file:///path`.
+pub fn open_url(url: &str, config: &TierConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(Error::Config(format!(
+                "'{url}' is not an absolute file URL"
+            )));
+        }
+        let p = std::path::Path::new(path);
+        let dir = p
+            .parent()
+            .ok_or_else(|| Error::Config(format!("'{url}' names no file")))?;
+        std::fs::create_dir_all(dir)?;
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Config(format!("'{url}' names no file")))?;
+        let fs = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+        return Ok((Arc::new(fs), Path::from(name)));
+    }
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(Error::Config(format!(
+            "'{url}' is not s3://bucket/key or file:///path"
+        )));
+    };
+    let (bucket, key) = rest
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| Error::Config(format!("'{url}' needs a bucket and a key")))?;
+    let region = Some(config.region.clone())
+        .filter(|r| !r.is_empty())
+        .or_else(|| env_first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = Some(config.endpoint.clone())
+        .filter(|e| !e.is_empty())
+        .or_else(|| env_first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(&region);
+    if let Some(e) = &endpoint {
+        if e.starts_with("http://") && !config.allow_http && !is_loopback(e) {
+            return Err(Error::Config(format!(
+                "endpoint {e} is plain http and not on this machine"
+            )));
+        }
+        b = b
+            .with_endpoint(e)
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(e.starts_with("http://"));
+    }
+    let s3 = b
+        .build()
+        .map_err(|e| Error::Config(format!("cannot configure S3 for bucket {bucket}: {e}")))?;
+    Ok((Arc::new(s3), Path::from(key)))
+}
+
 /// Lists the root: proves the endpoint answers and accepts the credentials.
 pub async fn check_reachable(remote: &Remote) -> Result<()> {
     remote

@@ -92,6 +92,17 @@ pub struct RetentionPolicy {
     pub retention_ms: i64,
     /// `retention.bytes` (-1: none).
     pub retention_bytes: i64,
+    /// Segments ending above this offset are kept whatever their age or
+    /// size: a reader (the lake writer) has not consumed them yet.
+    pub keep_from: Option<i64>,
+}
+
+/// How many leading segments end at or below `floor` (all without one).
+fn keepable(segments: &[RemoteSegment], floor: Option<i64>) -> usize {
+    match floor {
+        Some(f) => segments.iter().take_while(|s| s.next_offset <= f).count(),
+        None => segments.len(),
+    }
 }
 
 /// What the tier needs of a partition's local log.
@@ -540,6 +551,40 @@ impl Tier {
         })
     }
 
+    /// Up to `limit` remote segments holding offsets at or after `offset`,
+    /// oldest first (loading sealed chunks as needed).
+    pub async fn segments_from(
+        &self,
+        id: &PartitionId,
+        offset: i64,
+        limit: usize,
+    ) -> Result<Vec<RemoteSegment>> {
+        let rp = self.partition(id).await?;
+        let m = rp.manifest();
+        let mut out = Vec::new();
+        for c in m.chunks.iter().filter(|c| c.next_offset > offset) {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            let chunk = self.chunk(&c.key).await?;
+            out.extend(
+                chunk
+                    .segments
+                    .iter()
+                    .filter(|s| s.next_offset > offset && s.next_offset > m.log_start_offset)
+                    .cloned(),
+            );
+        }
+        out.extend(
+            m.segments
+                .iter()
+                .filter(|s| s.next_offset > offset)
+                .cloned(),
+        );
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// The first remote segment with a timestamp at or after `ts`.
     pub(crate) async fn segment_for_timestamp(
         &self,
@@ -813,7 +858,8 @@ impl Tier {
                     policy.retention_ms,
                     policy.retention_bytes,
                     total,
-                );
+                )
+                .min(keepable(&chunk.segments, policy.keep_from));
                 if n == 0 {
                     break;
                 }
@@ -862,7 +908,8 @@ impl Tier {
                     policy.retention_ms,
                     policy.retention_bytes,
                     total,
-                );
+                )
+                .min(keepable(&m.segments, policy.keep_from));
                 for s in m.segments.drain(..n) {
                     removed.push(id.log_key(&s).to_string());
                     removed.push(id.index_key(&s).to_string());

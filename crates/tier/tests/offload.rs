@@ -122,6 +122,7 @@ fn setup(
             retention: Mutex::new(RetentionPolicy {
                 retention_ms: -1,
                 retention_bytes: -1,
+                keep_from: None,
             }),
         }),
         _dir: dir,
@@ -297,6 +298,7 @@ async fn remote_retention_drops_the_oldest_segments_then_their_objects() {
         *s.local.retention.lock().unwrap() = RetentionPolicy {
             retention_ms: -1,
             retention_bytes: keep as i64,
+            keep_from: None,
         };
         let expired = t.expire(s.local.as_ref(), 0).await.unwrap();
         assert!(expired > 0 && expired < n);
@@ -371,6 +373,39 @@ async fn months_of_segments_are_sealed_into_chunks_and_stay_readable() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn remote_retention_keeps_segments_a_reader_still_needs() {
+    for (backend, store) in backends().await {
+        eprintln!("backend: {backend}");
+        let s = setup(store.clone(), 64 << 10, 600, 250);
+        let data = tempfile::tempdir().unwrap();
+        let t = tier(&s, data.path());
+        t.offload(s.local.as_ref()).await.unwrap();
+        let rp = t.partition(&s.local.id).await.unwrap();
+        let segments = t.segments_from(&s.local.id, 0, 1000).await.unwrap();
+        assert!(segments.len() > 3);
+        // The reader has consumed the first two segments and a bit of the third.
+        let floor = segments[2].base_offset + 1;
+        *s.local.retention.lock().unwrap() = RetentionPolicy {
+            retention_ms: -1,
+            retention_bytes: 0,
+            keep_from: Some(floor),
+        };
+        assert_eq!(t.expire(s.local.as_ref(), 0).await.unwrap(), 2);
+        assert_eq!(rp.manifest().log_start_offset, segments[2].base_offset);
+        *s.local.retention.lock().unwrap() = RetentionPolicy {
+            retention_ms: -1,
+            retention_bytes: 0,
+            keep_from: Some(i64::MIN),
+        };
+        assert_eq!(
+            t.expire(s.local.as_ref(), 0).await.unwrap(),
+            0,
+            "nothing read: nothing deleted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn expiring_everything_keeps_the_end_and_uploads_continue_from_it() {
     for (backend, store) in backends().await {
         eprintln!("backend: {backend}");
@@ -382,6 +417,7 @@ async fn expiring_everything_keeps_the_end_and_uploads_continue_from_it() {
         *s.local.retention.lock().unwrap() = RetentionPolicy {
             retention_ms: -1,
             retention_bytes: 0,
+            keep_from: None,
         };
         assert!(t.expire(s.local.as_ref(), 0).await.unwrap() > 0);
         let m = t.partition(&s.local.id).await.unwrap().manifest();
@@ -402,6 +438,7 @@ async fn expiring_everything_keeps_the_end_and_uploads_continue_from_it() {
         *s.local.retention.lock().unwrap() = RetentionPolicy {
             retention_ms: -1,
             retention_bytes: -1,
+            keep_from: None,
         };
         assert!(t.offload(s.local.as_ref()).await.unwrap() > 0);
         let m = t.partition(&s.local.id).await.unwrap().manifest();
