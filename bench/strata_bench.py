@@ -301,15 +301,17 @@ def percentile(sorted_values, q):
     return sorted_values[index]
 
 
-def produce_run(bootstrap, topic, size, acks, max_messages, max_seconds, rate=None):
+def produce_run(bootstrap, topic, size, acks, max_messages, max_seconds, rate=None, extra=None, payload=None):
     """Produces up to max_messages (or for max_seconds) and measures throughput and
     per-message latency from the produce() call to the delivery report.
 
     With rate (messages/s) the producer is paced to that rate; otherwise it goes as
-    fast as the client's queue allows.
+    fast as the client's queue allows. extra: more producer settings; payload:
+    the value to send (default: size random bytes).
     """
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": acks, **PRODUCER_CONFIG})
-    payload = os.urandom(size)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": acks, **PRODUCER_CONFIG, **(extra or {})})
+    payload = payload if payload is not None else os.urandom(size)
+    size = len(payload)
 
     # Warm-up: connections and metadata are in place before the clock starts.
     for p in range(PARTITIONS):
