@@ -297,15 +297,32 @@ def test_a_crash_at_either_side_of_the_manifest_commit_loses_and_orphans_nothing
         local_closed = [len([f for f in (broker.data_dir / "logs" / f"{w.topic}-{p}").glob("*.log")]) for p in range(w.partitions)]
         return all(manifests[p]["segments"] for p in range(w.partitions)) and max(local_closed) <= 4
     wait_until("offloading to finish after the crash", settled, 60)
-    # Every segment object is named by a manifest, and every named object exists.
-    objects = {k for k in s3.keys(bucket, f"{PREFIX}/topics/{w.topic}-") if "/segments/" in k}
-    named = set()
-    for p, m in partition_manifests(s3, bucket, w.topic).items():
-        prefix = f"{PREFIX}/topics/{m['topic']}-{m['topic_id']}/{p:05}/segments"
-        for seg in manifest_segments(s3, bucket, m):
-            for ext in ("log", "idx"):
-                named.add(f"{prefix}/{seg['base_offset']:020}-{seg['next_offset']:020}.{ext}")
-    assert objects == named, f"orphans: {sorted(objects - named)[:4]}, missing: {sorted(named - objects)[:4]}"
+
+    def named_objects() -> set[str]:
+        named = set()
+        for p, m in partition_manifests(s3, bucket, w.topic).items():
+            prefix = f"{PREFIX}/topics/{m['topic']}-{m['topic_id']}/{p:05}/segments"
+            for seg in manifest_segments(s3, bucket, m):
+                for ext in ("log", "idx"):
+                    named.add(f"{prefix}/{seg['base_offset']:020}-{seg['next_offset']:020}.{ext}")
+        return named
+
+    def consistent():
+        # Uploads may still be running: compare a listing with the manifests
+        # read before and after it, and only when those did not change.
+        before = named_objects()
+        objects = {k for k in s3.keys(bucket, f"{PREFIX}/topics/{w.topic}-") if "/segments/" in k}
+        after = named_objects()
+        last[:] = [objects, after]
+        return before == after and objects == after
+
+    last: list = []
+    try:
+        # Every segment object is named by a manifest, and every named object exists.
+        wait_until("the bucket to match the manifests", consistent, 60)
+    except AssertionError:
+        objects, named = last
+        raise AssertionError(f"orphans: {sorted(objects - named)[:4]}, missing: {sorted(named - objects)[:4]}")
     w.verify(consume_group_confluent(broker.bootstrap, w.topic, "after-crash", w.partitions))
 
 

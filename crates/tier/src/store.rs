@@ -104,6 +104,27 @@ fn is_loopback(endpoint: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The S3 region and endpoint: from `[tier]`, else the AWS environment
+/// variables. A plain-http endpoint must be on this machine unless
+/// `allow_http` says otherwise.
+fn s3_region_endpoint(config: &TierConfig) -> Result<(String, Option<String>)> {
+    let region = Some(config.region.clone())
+        .filter(|r| !r.is_empty())
+        .or_else(|| env_first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = Some(config.endpoint.clone())
+        .filter(|e| !e.is_empty())
+        .or_else(|| env_first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
+    if let Some(e) = &endpoint {
+        if e.starts_with("http://") && !config.allow_http && !is_loopback(e) {
+            return Err(Error::Config(format!(
+                "endpoint {e} is plain http and not on this machine: use https, or set tier.allow_http = true"
+            )));
+        }
+    }
+    Ok((region, endpoint))
+}
+
 /// Connects to the object tier: builds the store, creates the bucket if
 /// allowed, checks reachability and probes conditional puts. Errors say
 /// what to fix.
@@ -125,20 +146,7 @@ pub async fn connect(config: &TierConfig, default_dir: &std::path::Path) -> Resu
             (Arc::new(fs), format!("file://{}", dir.display()))
         }
         Location::S3 { bucket, prefix } => {
-            let region = Some(config.region.clone())
-                .filter(|r| !r.is_empty())
-                .or_else(|| env_first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
-                .unwrap_or_else(|| "us-east-1".into());
-            let endpoint = Some(config.endpoint.clone())
-                .filter(|e| !e.is_empty())
-                .or_else(|| env_first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
-            if let Some(e) = &endpoint {
-                if e.starts_with("http://") && !config.allow_http && !is_loopback(e) {
-                    return Err(Error::Config(format!(
-                        "endpoint {e} is plain http and not on this machine: use https, or set tier.allow_http = true"
-                    )));
-                }
-            }
+            let (region, endpoint) = s3_region_endpoint(config)?;
             if config.create_bucket {
                 ensure_bucket(bucket, &region, endpoint.as_deref()).await?;
             }
@@ -223,22 +231,11 @@ pub fn open_url(url: &str, config: &TierConfig) -> Result<(Arc<dyn ObjectStore>,
         .split_once('/')
         .filter(|(b, k)| !b.is_empty() && !k.is_empty())
         .ok_or_else(|| Error::Config(format!("'{url}' needs a bucket and a key")))?;
-    let region = Some(config.region.clone())
-        .filter(|r| !r.is_empty())
-        .or_else(|| env_first(&["AWS_REGION", "AWS_DEFAULT_REGION"]))
-        .unwrap_or_else(|| "us-east-1".into());
-    let endpoint = Some(config.endpoint.clone())
-        .filter(|e| !e.is_empty())
-        .or_else(|| env_first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]));
+    let (region, endpoint) = s3_region_endpoint(config)?;
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_region(&region);
     if let Some(e) = &endpoint {
-        if e.starts_with("http://") && !config.allow_http && !is_loopback(e) {
-            return Err(Error::Config(format!(
-                "endpoint {e} is plain http and not on this machine"
-            )));
-        }
         b = b
             .with_endpoint(e)
             .with_virtual_hosted_style_request(false)
