@@ -58,16 +58,25 @@ impl ApiError {
 
 /// Kafka's name for an error code, as a metrics label.
 fn error_name(code: ResponseError) -> &'static str {
+    static_name(0, code.code(), || format!("{code:?}"))
+}
+
+/// A `&'static str` for a name from a small closed set (API keys, error
+/// codes: `kind` tells the sets apart), made once and kept: metric labels
+/// and span fields need `'static`. Lookups after the first take a read lock.
+pub(crate) fn static_name(kind: u8, code: i16, make: impl FnOnce() -> String) -> &'static str {
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static NAMES: OnceLock<Mutex<HashMap<i16, &'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .expect("names lock");
+    use std::sync::{OnceLock, RwLock};
+    static NAMES: OnceLock<RwLock<HashMap<(u8, i16), &'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    if let Some(name) = names.read().expect("names lock").get(&(kind, code)) {
+        return name;
+    }
     names
-        .entry(code.code())
-        .or_insert_with(|| Box::leak(format!("{code:?}").into_boxed_str()))
+        .write()
+        .expect("names lock")
+        .entry((kind, code))
+        .or_insert_with(|| Box::leak(make().into_boxed_str()))
 }
 
 impl From<strata_log::Error> for ApiError {

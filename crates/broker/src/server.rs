@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -57,16 +57,7 @@ fn observe(api_key: ApiKey, started: Instant) {
 
 /// The API's name as Kafka spells it (`Produce`, `Fetch`...).
 fn api_name(api_key: ApiKey) -> &'static str {
-    use std::collections::HashMap;
-    use std::sync::OnceLock;
-    static NAMES: OnceLock<Mutex<HashMap<i16, &'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .expect("names lock");
-    names
-        .entry(api_key as i16)
-        .or_insert_with(|| Box::leak(format!("{api_key:?}").into_boxed_str()))
+    crate::error::static_name(1, api_key as i16, || format!("{api_key:?}"))
 }
 
 /// Serves Kafka clients on `listener` until `shutdown` is cancelled.

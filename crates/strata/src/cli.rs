@@ -246,6 +246,24 @@ pub(crate) fn topic(t: &Target, cmd: TopicCommand) -> Result<()> {
     })
 }
 
+/// A partition's object-tier range, `-` when it has none.
+fn remote_range(remote: &Value) -> String {
+    if remote.is_null() {
+        "-".into()
+    } else {
+        format!("[{}, {})", s(&remote["start"]), s(&remote["end"]))
+    }
+}
+
+/// A field of a partition's object-tier status, `-` when it has none.
+fn or_dash(remote: &Value, field: &str) -> String {
+    if remote.is_null() {
+        "-".into()
+    } else {
+        s(&remote[field])
+    }
+}
+
 fn print_topic(v: &Value) {
     println!("topic {} (id {})", s(&v["name"]), s(&v["id"]));
     let rows = v["partitions"]
@@ -260,16 +278,8 @@ fn print_topic(v: &Value) {
                 s(&p["local_start"]),
                 s(&p["log_end"]),
                 s(&p["local_bytes"]),
-                if r.is_null() {
-                    "-".into()
-                } else {
-                    format!("[{}, {})", s(&r["start"]), s(&r["end"]))
-                },
-                if r.is_null() {
-                    "-".into()
-                } else {
-                    s(&r["bytes"])
-                },
+                remote_range(r),
+                or_dash(r, "bytes"),
                 s(&p["offload_lag_bytes"]),
             ]
         })
@@ -396,10 +406,10 @@ pub(crate) fn tier(t: &Target, cmd: TierCommand) -> Result<()> {
                         s(&p["topic"]),
                         s(&p["partition"]),
                         s(&p["local_start"]),
-                        if r.is_null() { "-".into() } else { format!("[{}, {})", s(&r["start"]), s(&r["end"])) },
-                        if r.is_null() { "-".into() } else { s(&r["bytes"]) },
+                        remote_range(r),
+                        or_dash(r, "bytes"),
                         s(&p["offload_lag_bytes"]),
-                        if r.is_null() { "-".into() } else { s(&r["consecutive_failures"]) },
+                        or_dash(r, "consecutive_failures"),
                     ]
                 })
                 .collect(),
