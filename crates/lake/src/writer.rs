@@ -172,6 +172,11 @@ pub fn topic_dir(topic: &str) -> Path {
     Path::from(format!("lake/{topic}"))
 }
 
+/// The directory of one partition's lake files.
+pub fn partition_dir(topic: &str, partition: i32) -> Path {
+    Path::from(format!("lake/{topic}/partition={partition}"))
+}
+
 /// The object key of one lake file.
 pub fn file_key(topic: &str, partition: i32, date: &str, first: i64, last: i64) -> Path {
     Path::from(format!(
@@ -293,6 +298,19 @@ impl Lake {
         topic_id: Uuid,
         partition: i32,
     ) -> Result<Progress, String> {
+        self.load_progress(topic, topic_id, partition)
+            .await
+            .map(|(p, _)| p)
+    }
+
+    /// The committed progress, and whether this topic incarnation has none
+    /// committed yet.
+    async fn load_progress(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<(Progress, bool), String> {
         if let Some(s) = self
             .state
             .lock()
@@ -300,7 +318,7 @@ impl Lake {
             .get(&(topic_id, partition))
         {
             if s.loaded {
-                return Ok(s.progress.clone());
+                return Ok((s.progress.clone(), false));
             }
         }
         let key = progress_key(topic, partition);
@@ -317,8 +335,9 @@ impl Lake {
                 topic_id,
                 ..Progress::default()
             };
+            return Ok((progress, true));
         }
-        Ok(progress)
+        Ok((progress, false))
     }
 
     async fn throttle(&self, bytes: u64) {
@@ -338,9 +357,18 @@ impl Lake {
     /// Writes the lake files of every closed segment of `src` not yet in
     /// the lake. Returns how many segments were written.
     pub async fn process(&self, src: &LakeSource) -> Result<usize, String> {
-        let mut progress = self
-            .progress(&src.topic, src.topic_id, src.partition)
+        let (mut progress, fresh) = self
+            .load_progress(&src.topic, src.topic_id, src.partition)
             .await?;
+        if fresh {
+            // Nothing committed by this incarnation of the topic: files under
+            // the partition's directory are an earlier incarnation's (its
+            // deletion failed) or this one's uncommitted first files. Clear
+            // them, so the table never mixes incarnations (lake keys carry the
+            // topic's name, not its id, for the readers' sake).
+            self.delete_under(&partition_dir(&src.topic, src.partition))
+                .await?;
+        }
         let mut done = 0;
         let mut mismatches = 0u64;
         let mut bytes_written = 0u64;
@@ -554,11 +582,11 @@ impl Lake {
         Ok((mismatches, size))
     }
 
-    /// Deletes a topic's lake (the topic was deleted).
-    pub async fn delete_topic(&self, topic: &str) -> Result<(), String> {
+    /// Deletes every object under `dir`.
+    async fn delete_under(&self, dir: &Path) -> Result<(), String> {
         let objects: Vec<Path> = self
             .remote
-            .list(&topic_dir(topic), None)
+            .list(dir, None)
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -567,7 +595,12 @@ impl Lake {
         self.remote
             .delete(&objects)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// Deletes a topic's lake (the topic was deleted).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), String> {
+        self.delete_under(&topic_dir(topic)).await?;
         self.state
             .lock()
             .expect("lake state lock")
