@@ -9,7 +9,6 @@
 pub mod admin_api;
 pub mod config;
 pub mod error;
-pub mod group_api;
 pub mod groups;
 pub mod handlers;
 pub mod lake_host;

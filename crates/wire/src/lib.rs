@@ -218,6 +218,59 @@ pub fn encode_response(
     Ok(buf.freeze())
 }
 
+/// Encodes a request with its header and length prefix, ready to write (a
+/// broker talking to another broker: forwarded admin requests, replication).
+pub fn encode_request(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: &str,
+    body: &RequestKind,
+) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_string(
+            client_id.to_string(),
+        )));
+    let encode_err = |reason: String| Error::Encode {
+        api_key,
+        version,
+        reason,
+    };
+    header
+        .encode(&mut buf, api_key.request_header_version(version))
+        .map_err(|e| encode_err(e.to_string()))?;
+    body.encode(&mut buf, version)
+        .map_err(|e| encode_err(format!("{e:#}")))?;
+    let len = (buf.len() - LENGTH_PREFIX) as i32;
+    buf[..LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Parses a response frame (without its length prefix) to a request of
+/// `api_key` at `version`: the correlation id and the body.
+pub fn parse_response(
+    api_key: ApiKey,
+    version: i16,
+    mut frame: Bytes,
+) -> Result<(i32, ResponseKind)> {
+    let malformed = |correlation_id: i32, reason: String| Error::Malformed {
+        api_key,
+        version,
+        correlation_id,
+        reason,
+    };
+    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+        .map_err(|e| malformed(-1, e.to_string()))?;
+    let body = ResponseKind::decode(api_key, &mut frame, version)
+        .map_err(|e| malformed(header.correlation_id, format!("{e:#}")))?;
+    Ok((header.correlation_id, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

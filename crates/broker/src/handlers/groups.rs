@@ -29,10 +29,10 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tracing::{debug, warn};
 
+use super::{Reply, RequestContext};
 use crate::groups::{
     CommittedOffset, GroupState, JoinRequest, JoinResult, OffsetCommit, Pending, SyncResult,
 };
-use crate::handlers::{Reply, RequestContext};
 use crate::state::{now_ms, Broker};
 
 fn sb(s: impl Into<String>) -> StrBytes {

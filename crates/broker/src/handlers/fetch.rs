@@ -1,0 +1,284 @@
+//! Fetch: hot reads from local segments, cold reads through the object tier, long polls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    fetch_response::{FetchableTopicResponse, PartitionData},
+    FetchRequest, FetchResponse, ResponseKind,
+};
+use kafka_protocol::ResponseError;
+use tracing::{debug, warn};
+
+use crate::error::ApiError;
+use crate::state::{Broker, Partition};
+
+use super::Reply;
+use super::{resolve_partition, resolve_topic};
+
+pub(super) struct FetchTarget {
+    topic: usize,
+    index: i32,
+    partition: Result<Arc<Partition>, ApiError>,
+    offset: i64,
+    max_bytes: usize,
+}
+
+pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
+    // Fetch sessions are refused correctly: a full fetch gets session id 0
+    // (no session created, per KIP-227 the client keeps sending full fetches)
+    // and an incremental fetch is told its session does not exist.
+    if version >= 7 && (req.session_id != 0 || req.session_epoch > 0) {
+        let mut resp = FetchResponse::default();
+        resp.error_code = ResponseError::FetchSessionIdNotFound.code();
+        return Reply::Now(ResponseKind::Fetch(resp));
+    }
+    let by_id = version >= 13;
+    let mut topics = Vec::new();
+    let mut targets = Vec::new();
+    for (ti, t) in req.topics.iter().enumerate() {
+        let topic = resolve_topic(broker, &t.topic.0, t.topic_id, by_id);
+        topics.push((t.topic.clone(), t.topic_id));
+        for p in &t.partitions {
+            targets.push(FetchTarget {
+                topic: ti,
+                index: p.partition,
+                partition: topic
+                    .clone()
+                    .and_then(|topic| resolve_partition(&topic, p.partition)),
+                offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+            });
+        }
+    }
+    let max_bytes = if req.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        req.max_bytes as usize
+    };
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, 300_000) as u64);
+    let broker = broker.clone();
+    let targets = Arc::new(targets);
+    Reply::Later(Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let notified = broker.data_available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (parts, bytes, errors) = match read_all(&broker, &targets, max_bytes).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "fetch read task failed");
+                    let mut resp = FetchResponse::default();
+                    resp.error_code = ResponseError::UnknownServerError.code();
+                    return ResponseKind::Fetch(resp);
+                }
+            };
+            let done = bytes >= min_bytes || errors || tokio::time::Instant::now() >= deadline;
+            if done {
+                let mut resp = FetchResponse::default();
+                resp.session_id = 0;
+                resp.responses = topics
+                    .iter()
+                    .map(|(name, id)| {
+                        let mut tr = FetchableTopicResponse::default();
+                        tr.topic = name.clone();
+                        tr.topic_id = *id;
+                        tr
+                    })
+                    .collect();
+                for (ti, pd) in parts {
+                    let n = pd.records.as_ref().map_or(0, |r| r.len());
+                    if n > 0 {
+                        let topic = resp.responses[ti].topic.0.to_string();
+                        metrics::counter!("strata_topic_bytes_out_total", "topic" => topic)
+                            .increment(n as u64);
+                    }
+                    resp.responses[ti].partitions.push(pd);
+                }
+                return ResponseKind::Fetch(resp);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }))
+}
+
+/// A partition answer, or a cold read still to do for it.
+pub(super) enum Slot {
+    Done(PartitionData),
+    Cold {
+        pd: PartitionData,
+        partition: Arc<Partition>,
+        offset: i64,
+        limit: usize,
+    },
+}
+
+/// Reads every fetched partition: local ones in one blocking pass, those
+/// below the local log start from the object tier concurrently; then applies
+/// the response byte limit in request order (the first partition with data
+/// always keeps its first batch). Returns the answers, the bytes and whether
+/// any partition has an error.
+pub(super) async fn read_all(
+    broker: &Arc<Broker>,
+    targets: &Arc<Vec<FetchTarget>>,
+    max_bytes: usize,
+) -> Result<(Vec<(usize, PartitionData)>, usize, bool), tokio::task::JoinError> {
+    let t = targets.clone();
+    let mut slots = tokio::task::spawn_blocking(move || read_partitions(&t, max_bytes)).await?;
+    let cold: Vec<usize> = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.1, Slot::Cold { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    if !cold.is_empty() {
+        let timeout = Duration::from_millis(broker.config().tier.request_timeout_ms);
+        let reads = cold.iter().map(|&i| {
+            let (partition, offset, limit) = match &slots[i].1 {
+                Slot::Cold {
+                    partition,
+                    offset,
+                    limit,
+                    ..
+                } => (partition.clone(), *offset, *limit),
+                Slot::Done(_) => unreachable!("filtered"),
+            };
+            let tier = broker.tier().clone();
+            async move {
+                let id = partition.remote_id();
+                let r = tokio::time::timeout(timeout, tier.read(&id, offset, limit, true)).await;
+                (i, r)
+            }
+        });
+        for (i, r) in futures::future::join_all(reads).await {
+            let Slot::Cold {
+                mut pd,
+                partition,
+                offset,
+                ..
+            } = std::mem::replace(&mut slots[i].1, Slot::Done(PartitionData::default()))
+            else {
+                unreachable!("filtered");
+            };
+            match r {
+                Ok(Ok(bytes)) => pd.records = Some(bytes),
+                Ok(Err(e)) => {
+                    warn!(topic = %partition.topic, partition = partition.index, offset, error = %e, "cold read failed");
+                    pd.error_code = ResponseError::KafkaStorageError.code();
+                    pd.records = Some(Bytes::new());
+                }
+                Err(_) => {
+                    warn!(topic = %partition.topic, partition = partition.index, offset, "cold read timed out");
+                    pd.error_code = ResponseError::KafkaStorageError.code();
+                    pd.records = Some(Bytes::new());
+                }
+            }
+            slots[i].1 = Slot::Done(pd);
+        }
+    }
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut out = Vec::with_capacity(slots.len());
+    for (topic, slot) in slots {
+        let Slot::Done(mut pd) = slot else {
+            unreachable!("cold reads are done");
+        };
+        if pd.error_code != 0 {
+            any_error = true;
+        }
+        let len = pd.records.as_ref().map_or(0, |r| r.len());
+        if len > 0 && total > 0 && total + len > max_bytes {
+            pd.records = Some(Bytes::new());
+        } else {
+            total += len;
+        }
+        out.push((topic, pd));
+    }
+    Ok((out, total, any_error))
+}
+
+/// Reads the fetched partitions held locally; those only the object tier
+/// holds become cold slots. Blocking.
+pub(super) fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<(usize, Slot)> {
+    let mut out = Vec::with_capacity(targets.len());
+    let mut total = 0usize;
+    for t in targets {
+        let mut pd = PartitionData::default();
+        pd.partition_index = t.index;
+        pd.aborted_transactions = None;
+        let mut cold: Option<(Arc<Partition>, usize)> = None;
+        let result = t.partition.clone().and_then(|p| {
+            let offsets = p.offsets();
+            pd.high_watermark = offsets.high_watermark;
+            pd.last_stable_offset = offsets.high_watermark;
+            pd.log_start_offset = offsets.log_start;
+            if t.offset < offsets.log_start || t.offset > offsets.log_end {
+                return Err(ApiError::new(
+                    ResponseError::OffsetOutOfRange,
+                    format!(
+                        "offset {} is outside [{}, {}]",
+                        t.offset, offsets.log_start, offsets.log_end
+                    ),
+                ));
+            }
+            if t.offset >= offsets.high_watermark || total >= max_bytes {
+                return Ok(Bytes::new());
+            }
+            let limit = t.max_bytes.min(max_bytes - total);
+            if t.offset < offsets.local_start {
+                if offsets
+                    .remote
+                    .is_some_and(|(s, e)| s <= t.offset && t.offset < e)
+                {
+                    cold = Some((p.clone(), limit));
+                    return Ok(Bytes::new());
+                }
+                return Err(ApiError::new(
+                    ResponseError::OffsetOutOfRange,
+                    format!(
+                        "offset {} is neither on local disk nor in the object tier",
+                        t.offset
+                    ),
+                ));
+            }
+            // The first batch of the response goes out whole even if larger
+            // than the limits, so a consumer can always make progress (KIP-74).
+            let min_one = total == 0;
+            let plan = p
+                .with_log(|l| l.read_plan(t.offset))
+                .map_err(ApiError::from)?;
+            plan.read(limit, min_one).map_err(ApiError::storage)
+        });
+        match (result, cold) {
+            (Ok(_), Some((partition, limit))) => {
+                out.push((
+                    t.topic,
+                    Slot::Cold {
+                        pd,
+                        partition,
+                        offset: t.offset,
+                        limit,
+                    },
+                ));
+                continue;
+            }
+            (Ok(bytes), None) => {
+                total += bytes.len();
+                pd.records = Some(bytes);
+            }
+            (Err(e), _) => {
+                debug!(partition = t.index, error = %e.message, "fetch partition error");
+                pd.error_code = e.code();
+                pd.records = Some(Bytes::new());
+            }
+        }
+        out.push((t.topic, Slot::Done(pd)));
+    }
+    out
+}

@@ -1,0 +1,218 @@
+//! Kafka request handlers. Each turns a decoded request into a [`Reply`]; the
+//! connection writes replies in request order.
+//!
+//! Requests are applied in the order they arrive on a connection (a produce is
+//! appended before the next request is read), but waiting, for an fsync or a
+//! fetch long poll, happens in the reply future, so a pipelining client's
+//! produces share fsyncs.
+//!
+//! One module per API family: `metadata` (Metadata, DescribeCluster),
+//! `produce`, `fetch`, `list_offsets`, `topics` (CreateTopics, DeleteTopics,
+//! CreatePartitions), `configs` (Describe/Alter/IncrementalAlterConfigs) and
+//! `groups` (the group coordinator's APIs and InitProducerId).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kafka_protocol::messages::{
+    api_versions_response::ApiVersion, ApiKey, ApiVersionsResponse, RequestKind, ResponseKind,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::{Broker, Partition, Topic};
+
+mod configs;
+mod fetch;
+pub(crate) mod groups;
+pub(crate) mod list_offsets;
+mod metadata;
+mod produce;
+mod topics;
+
+pub(crate) use list_offsets::lookup_offset;
+
+/// What the connection does with a request.
+#[allow(clippy::large_enum_variant)] // built once per request and moved at once
+pub enum Reply {
+    /// Send this response.
+    Now(ResponseKind),
+    /// Send this response when the future completes (after earlier replies).
+    Later(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
+    /// Send nothing (produce with acks=0).
+    Nothing,
+    /// Close the connection (the protocol has no way to answer).
+    Close(String),
+}
+
+/// Who sent a request, and at which version.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Request version.
+    pub version: i16,
+    /// The client's `client.id`.
+    pub client_id: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// The APIs Strata answers, with the highest version of each where it is
+/// below what the codec knows (`None`: every version the codec knows).
+/// OffsetCommit v10 and OffsetFetch v10 name topics by id for the new
+/// consumer protocol, which Strata does not serve.
+pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
+    (ApiKey::Produce, None),
+    (ApiKey::Fetch, None),
+    (ApiKey::ListOffsets, None),
+    (ApiKey::Metadata, None),
+    (ApiKey::OffsetCommit, Some(9)),
+    (ApiKey::OffsetFetch, Some(9)),
+    (ApiKey::FindCoordinator, None),
+    (ApiKey::JoinGroup, None),
+    (ApiKey::Heartbeat, None),
+    (ApiKey::LeaveGroup, None),
+    (ApiKey::SyncGroup, None),
+    (ApiKey::DescribeGroups, None),
+    (ApiKey::ListGroups, None),
+    (ApiKey::ApiVersions, None),
+    (ApiKey::CreateTopics, None),
+    (ApiKey::DeleteTopics, None),
+    (ApiKey::InitProducerId, None),
+    (ApiKey::DescribeConfigs, None),
+    (ApiKey::AlterConfigs, None),
+    (ApiKey::CreatePartitions, None),
+    (ApiKey::DeleteGroups, None),
+    (ApiKey::IncrementalAlterConfigs, None),
+    (ApiKey::OffsetDelete, None),
+    (ApiKey::DescribeCluster, None),
+];
+
+/// Versions of `key` Strata answers, or `None` if it does not serve the API.
+pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
+    let (_, cap) = SUPPORTED_APIS.iter().find(|(k, _)| *k == key)?;
+    let r = key.valid_versions();
+    Some((r.min, cap.map_or(r.max, |c| c.min(r.max))))
+}
+
+fn sb(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(sb(s))
+}
+
+pub(crate) fn resolve_topic(
+    broker: &Broker,
+    name: &str,
+    id: Uuid,
+    by_id: bool,
+) -> Result<Arc<Topic>, ApiError> {
+    if by_id {
+        broker.topic_by_id(id).ok_or_else(|| {
+            ApiError::new(
+                ResponseError::UnknownTopicId,
+                format!("no topic has id {id}"),
+            )
+        })
+    } else {
+        broker
+            .topic(name)
+            .ok_or_else(|| ApiError::unknown_topic(name))
+    }
+}
+
+pub(crate) fn resolve_partition(topic: &Topic, index: i32) -> Result<Arc<Partition>, ApiError> {
+    topic.partition(index).ok_or_else(|| {
+        ApiError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic '{}' has no partition {index}", topic.name),
+        )
+    })
+}
+
+/// Dispatches one request.
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: RequestKind) -> Reply {
+    use RequestKind as R;
+    let version = ctx.version;
+    match request {
+        R::ApiVersions(_) => Reply::Now(ResponseKind::ApiVersions(api_versions())),
+        R::Metadata(r) => Reply::Now(ResponseKind::Metadata(
+            metadata::metadata(broker, r, version).await,
+        )),
+        R::Produce(r) => produce::produce(broker, r, version).await,
+        R::Fetch(r) => fetch::fetch(broker, r, version),
+        R::ListOffsets(r) => {
+            let b = broker.clone();
+            Reply::Later(Box::pin(async move {
+                ResponseKind::ListOffsets(list_offsets::list_offsets(&b, r, version).await)
+            }))
+        }
+        R::CreateTopics(r) => Reply::Now(ResponseKind::CreateTopics(
+            topics::create_topics(broker, r, version).await,
+        )),
+        R::DeleteTopics(r) => Reply::Now(ResponseKind::DeleteTopics(
+            topics::delete_topics(broker, r).await,
+        )),
+        R::CreatePartitions(r) => Reply::Now(ResponseKind::CreatePartitions(
+            topics::create_partitions(broker, r).await,
+        )),
+        R::DescribeConfigs(r) => Reply::Now(ResponseKind::DescribeConfigs(
+            configs::describe_configs(broker, r),
+        )),
+        R::AlterConfigs(r) => Reply::Now(ResponseKind::AlterConfigs(
+            configs::alter_configs(broker, r).await,
+        )),
+        R::IncrementalAlterConfigs(r) => Reply::Now(ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter_configs(broker, r).await,
+        )),
+        R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
+            metadata::describe_cluster(broker, r),
+        )),
+        R::FindCoordinator(r) => Reply::Now(ResponseKind::FindCoordinator(
+            groups::find_coordinator(broker, r, version),
+        )),
+        R::JoinGroup(r) => groups::join_group(broker, ctx, r),
+        R::SyncGroup(r) => groups::sync_group(broker, ctx, r),
+        R::Heartbeat(r) => Reply::Now(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),
+        R::LeaveGroup(r) => Reply::Now(ResponseKind::LeaveGroup(groups::leave_group(
+            broker, r, version,
+        ))),
+        R::OffsetCommit(r) => groups::offset_commit(broker, r),
+        R::OffsetFetch(r) => Reply::Now(ResponseKind::OffsetFetch(groups::offset_fetch(
+            broker, r, version,
+        ))),
+        R::DescribeGroups(r) => Reply::Now(ResponseKind::DescribeGroups(groups::describe_groups(
+            broker, r, version,
+        ))),
+        R::ListGroups(r) => Reply::Now(ResponseKind::ListGroups(groups::list_groups(
+            broker, r, version,
+        ))),
+        R::DeleteGroups(r) => groups::delete_groups(broker, r),
+        R::OffsetDelete(r) => groups::offset_delete(broker, r),
+        R::InitProducerId(r) => groups::init_producer_id(broker, r),
+        other => Reply::Close(format!("no handler for {other:?}")),
+    }
+}
+
+/// The ApiVersions answer, also sent (as v0) for an unsupported ApiVersions version.
+pub fn api_versions() -> ApiVersionsResponse {
+    let mut resp = ApiVersionsResponse::default();
+    resp.api_keys = SUPPORTED_APIS
+        .iter()
+        .map(|(k, _)| {
+            let (min, max) = supported_versions(*k).expect("listed");
+            let mut v = ApiVersion::default();
+            v.api_key = *k as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect();
+    resp
+}

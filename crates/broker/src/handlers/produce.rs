@@ -1,0 +1,214 @@
+//! Produce: resolve, append, acknowledge.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kafka_protocol::messages::{
+    produce_response::{PartitionProduceResponse, TopicProduceResponse},
+    ProduceRequest, ProduceResponse, ResponseKind, TopicName,
+};
+use kafka_protocol::ResponseError;
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::{Broker, Partition};
+
+use super::{resolve_partition, resolve_topic, sb, Reply};
+
+pub(super) struct ProduceSlot {
+    topic: usize,
+    index: i32,
+    outcome: Result<(Arc<Partition>, strata_log::AppendInfo), ApiError>,
+}
+
+pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
+    let acks = req.acks;
+    if !matches!(acks, -1..=1) {
+        let mut resp = ProduceResponse::default();
+        for t in &req.topic_data {
+            let mut tr = TopicProduceResponse::default();
+            tr.name = t.name.clone();
+            tr.topic_id = t.topic_id;
+            for p in &t.partition_data {
+                let mut pr = PartitionProduceResponse::default();
+                pr.index = p.index;
+                pr.error_code = ResponseError::InvalidRequiredAcks.code();
+                tr.partition_responses.push(pr);
+            }
+            resp.responses.push(tr);
+        }
+        return Reply::Now(ResponseKind::Produce(resp));
+    }
+    if req.transactional_id.is_some() {
+        let mut resp = ProduceResponse::default();
+        for t in &req.topic_data {
+            let mut tr = TopicProduceResponse::default();
+            tr.name = t.name.clone();
+            tr.topic_id = t.topic_id;
+            for p in &t.partition_data {
+                let mut pr = PartitionProduceResponse::default();
+                pr.index = p.index;
+                pr.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+                pr.error_message = Some(sb("transactions are not supported by this broker"));
+                tr.partition_responses.push(pr);
+            }
+            resp.responses.push(tr);
+        }
+        return Reply::Now(ResponseKind::Produce(resp));
+    }
+    let by_id = version >= 13;
+    // The local disk policy: refuse (retriably) rather than fill the disk.
+    let disk = broker.check_disk();
+    // Resolve and copy the records (the log patches offsets in place).
+    type Work = (usize, i32, Result<(Arc<Partition>, BytesMut), ApiError>);
+    let mut work: Vec<Work> = Vec::new();
+    for (ti, t) in req.topic_data.iter().enumerate() {
+        let topic = resolve_topic(broker, &t.name.0, t.topic_id, by_id);
+        for p in &t.partition_data {
+            let target = topic
+                .clone()
+                .and_then(|topic| resolve_partition(&topic, p.index))
+                .and_then(|part| disk.clone().map(|()| part));
+            let item = target.and_then(|part| match &p.records {
+                Some(r) if !r.is_empty() => Ok((part, BytesMut::from(&r[..]))),
+                _ => Err(ApiError::new(
+                    ResponseError::CorruptMessage,
+                    "produce without records",
+                )),
+            });
+            work.push((ti, p.index, item));
+        }
+    }
+    // Keep at most one segment per tiered partition waiting for upload
+    // (see Partition::should_wait_for_upload), for a bounded time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (_, _, item) in &work {
+        if let Ok((part, bytes)) = item {
+            while part.should_wait_for_upload(bytes.len()) && tokio::time::Instant::now() < deadline
+            {
+                part.tier.wait_for_upload(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let slots = tokio::task::spawn_blocking(move || {
+        work.into_iter()
+            .map(|(topic, index, item)| {
+                let outcome = item.and_then(|(part, mut bytes)| {
+                    let info = part.append(&mut bytes).map_err(ApiError::from)?;
+                    Ok((part, info))
+                });
+                ProduceSlot {
+                    topic,
+                    index,
+                    outcome,
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let slots = match slots {
+        Ok(s) => s,
+        Err(e) => return Reply::Close(format!("produce task failed: {e}")),
+    };
+    for s in &slots {
+        if let Err(e) = &s.outcome {
+            warn!(
+                topic = %req.topic_data[s.topic].name.0,
+                partition = s.index,
+                error = e.code().to_string(),
+                message = %e.message,
+                "produce rejected"
+            );
+        }
+    }
+    let broker = broker.clone();
+    let durable = sync_appended(broker.clone(), &slots);
+    if acks == 0 {
+        if slots.iter().any(|s| s.outcome.is_err()) {
+            // Kafka's answer to a failed acks=0 produce: close the connection.
+            return Reply::Close("acks=0 produce failed".into());
+        }
+        tokio::spawn(durable);
+        return Reply::Nothing;
+    }
+    let topics: Vec<(TopicName, Uuid)> = req
+        .topic_data
+        .iter()
+        .map(|t| (t.name.clone(), t.topic_id))
+        .collect();
+    Reply::Later(Box::pin(async move {
+        let sync_error = durable.await;
+        let mut resp = ProduceResponse::default();
+        resp.responses = topics
+            .into_iter()
+            .map(|(name, topic_id)| {
+                let mut tr = TopicProduceResponse::default();
+                tr.name = name;
+                tr.topic_id = topic_id;
+                tr
+            })
+            .collect();
+        for s in slots {
+            let mut pr = PartitionProduceResponse::default();
+            pr.index = s.index;
+            match s.outcome {
+                Ok((part, info)) => match sync_error
+                    .iter()
+                    .find(|(t, i, _)| *t == part.topic && *i == part.index)
+                {
+                    Some((_, _, e)) => {
+                        pr.error_code = e.code();
+                        pr.error_message = Some(sb(e.message.clone()));
+                    }
+                    None => {
+                        pr.base_offset = info.base_offset;
+                        pr.log_append_time_ms = info.log_append_time.unwrap_or(-1);
+                        pr.log_start_offset = part.offsets().log_start;
+                    }
+                },
+                Err(e) => {
+                    pr.error_code = e.code();
+                    pr.error_message = Some(sb(e.message));
+                }
+            }
+            resp.responses[s.topic].partition_responses.push(pr);
+        }
+        ResponseKind::Produce(resp)
+    }))
+}
+
+/// Makes appended data durable where the flush policy asks for it, then wakes
+/// fetchers. Resolves to the partitions whose fsync failed.
+pub(super) fn sync_appended(
+    broker: Arc<Broker>,
+    slots: &[ProduceSlot],
+) -> impl Future<Output = Vec<(String, i32, ApiError)>> + Send + 'static {
+    let targets: Vec<(Arc<Partition>, i64)> = slots
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().ok())
+        .filter(|(p, _)| p.flush_every_batch())
+        .map(|(p, info)| (p.clone(), info.last_offset + 1))
+        .collect();
+    async move {
+        let mut failed = Vec::new();
+        if !targets.is_empty() {
+            let res = tokio::task::spawn_blocking(move || {
+                targets
+                    .into_iter()
+                    .filter_map(|(p, end)| {
+                        p.sync_to(end)
+                            .err()
+                            .map(|e| (p.topic.clone(), p.index, ApiError::storage(e)))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            failed = res.unwrap_or_default();
+        }
+        broker.notify_data();
+        failed
+    }
+}
