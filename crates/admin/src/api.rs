@@ -28,6 +28,8 @@ type ApiResult<T> = Result<T, ApiProblem>;
 pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/broker", get(broker_info))
+        .route("/cluster", get(cluster))
+        .route("/cluster/store-probe", get(store_probe))
         .route("/topics", get(list_topics).post(create_topic))
         .route("/topics/{name}", get(describe_topic).delete(delete_topic))
         .route("/topics/{name}/configs", patch(alter_configs))
@@ -82,6 +84,11 @@ pub(crate) fn problem(e: ApiError) -> ApiProblem {
         R::InvalidPartitions => (StatusCode::BAD_REQUEST, "invalid_partitions"),
         R::InvalidConfig => (StatusCode::BAD_REQUEST, "invalid_config"),
         R::InvalidReplicationFactor => (StatusCode::BAD_REQUEST, "invalid_replication_factor"),
+        R::InvalidReplicaAssignment => (StatusCode::BAD_REQUEST, "invalid_replica_assignment"),
+        R::NotController | R::RequestTimedOut | R::CoordinatorNotAvailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+        R::NotCoordinator => (StatusCode::MISDIRECTED_REQUEST, "not_coordinator"),
         R::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
         R::KafkaStorageError => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -144,6 +151,23 @@ async fn broker_info(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Val
     })))
 }
 
+// ------------------------------------------------------------------ cluster
+
+async fn cluster(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+    let b = state.broker()?;
+    Ok(Json(
+        serde_json::to_value(b.cluster_view()).expect("view serializes"),
+    ))
+}
+
+/// What another broker asks when it cannot reach etcd: can this one?
+async fn store_probe(State(state): State<Arc<AdminState>>) -> ApiResult<Json<Value>> {
+    let b = state.broker()?;
+    Ok(Json(
+        serde_json::to_value(b.metadata().session().store_probe()).expect("probe serializes"),
+    ))
+}
+
 // ------------------------------------------------------------------ topics
 
 #[derive(Serialize)]
@@ -180,8 +204,14 @@ struct CreateTopic {
     name: String,
     #[serde(default = "default_partitions")]
     partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    replication_factor: i16,
     #[serde(default)]
     configs: BTreeMap<String, String>,
+}
+
+fn default_replication_factor() -> i16 {
+    -1
 }
 
 fn default_partitions() -> i32 {
@@ -199,11 +229,15 @@ async fn create_topic(
 ) -> ApiResult<Response> {
     let b = state.broker()?;
     let configs = topic_configs(&req.configs)?;
-    let topic = b
-        .create_topic(&req.name, req.partitions, configs, false)
-        .await
-        .map_err(problem)?;
-    Ok((StatusCode::CREATED, Json(topic_json(b, &topic.name)?)).into_response())
+    let spec = strata_broker::TopicSpec {
+        name: req.name.clone(),
+        partitions: req.partitions,
+        replication_factor: req.replication_factor,
+        assignments: None,
+        configs,
+    };
+    b.create_topic(spec, false, true).await.map_err(problem)?;
+    Ok((StatusCode::CREATED, Json(topic_json(b, &req.name)?)).into_response())
 }
 
 fn topic_json(b: &Broker, name: &str) -> ApiResult<Value> {
@@ -221,10 +255,19 @@ fn topic_json(b: &Broker, name: &str) -> ApiResult<Value> {
         .iter()
         .map(|p| b.partition_status(p))
         .collect();
+    let replicas = b
+        .cluster_view()
+        .topics
+        .into_iter()
+        .find(|v| v.name == name)
+        .map(|v| v.partitions)
+        .unwrap_or_default();
     Ok(json!({
         "name": t.name,
         "id": t.id.to_string(),
+        "partition_count": t.partition_count(),
         "partitions": partitions,
+        "replicas": replicas,
         "configs": configs,
     }))
 }
@@ -245,7 +288,7 @@ async fn delete_topic(
     if b.topic(&name).is_none() {
         return Err(not_found_topic(&name));
     }
-    b.delete_topic(&name).await.map_err(problem)?;
+    b.delete_topic(&name, true).await.map_err(problem)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -281,7 +324,7 @@ async fn alter_configs(
         }
         map.remove(k);
     }
-    b.set_topic_configs(&name, TopicConfig(map), false)
+    b.set_topic_configs(&name, TopicConfig(map), false, true)
         .await
         .map_err(problem)?;
     Ok(Json(topic_json(b, &name)?))
@@ -302,7 +345,7 @@ async fn add_partitions(
     if b.topic(&name).is_none() {
         return Err(not_found_topic(&name));
     }
-    b.create_partitions(&name, req.count, false)
+    b.create_partitions(&name, req.count, None, false, true)
         .await
         .map_err(problem)?;
     Ok(Json(topic_json(b, &name)?))

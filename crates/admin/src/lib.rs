@@ -130,6 +130,10 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     match state.broker.get() {
         None => reasons.push("log recovery in progress".to_string()),
         Some(b) => {
+            let session = b.metadata().session();
+            if session.broker_epoch() == 0 {
+                reasons.push("not registered in the cluster".to_string());
+            }
             if !b.tier().is_reachable() {
                 reasons.push(format!(
                     "object tier {} is unreachable",

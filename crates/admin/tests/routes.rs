@@ -18,7 +18,12 @@ async fn broker(dir: &std::path::Path) -> Arc<Broker> {
     };
     config.tier.object_store = "memory://".into();
     config.tier.cache_disk_bytes = 0;
-    Broker::start(config).await.unwrap()
+    let endpoints = strata_broker::Endpoints {
+        host: "127.0.0.1".into(),
+        port: 9092,
+        ..Default::default()
+    };
+    Broker::start(config, endpoints).await.unwrap()
 }
 
 async fn call(
@@ -241,7 +246,7 @@ async fn groups_report_lag_and_reset_only_when_empty() {
     .await;
     for p in b.topic("t").unwrap().partitions() {
         let mut batch = strata_log::batch::testing::batch(10, 5, 0);
-        p.append(&mut batch).unwrap();
+        p.append(&mut batch, p.leader_epoch()).unwrap();
         p.sync_to(10).unwrap();
     }
     b.groups()
@@ -376,4 +381,35 @@ async fn broker_info_tier_status_and_metrics() {
     let text = text.as_str().unwrap().to_string();
     assert!(text.contains("strata_object_store_reachable 1"), "{text}");
     assert!(text.contains("# TYPE strata_cold_cache_bytes gauge"));
+}
+
+#[tokio::test]
+async fn the_cluster_view_of_a_single_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = AdminState::new(None);
+    state.set_broker(broker(dir.path()).await);
+    call(
+        &state,
+        Method::POST,
+        "/v1/topics",
+        Some(json!({"name": "t", "partitions": 2})),
+    )
+    .await;
+    let (status, v) = call(&state, Method::GET, "/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["mode"], "single");
+    assert_eq!(v["controller"], 0);
+    assert_eq!(v["brokers"].as_array().unwrap().len(), 1);
+    let parts = v["topics"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    for p in parts {
+        assert_eq!(
+            (p["leader"].clone(), p["replicas"].clone(), p["isr"].clone()),
+            (json!(0), json!([0]), json!([0]))
+        );
+    }
+    assert_eq!(v["session"]["can_lead"], true);
+    let (status, probe) = call(&state, Method::GET, "/v1/cluster/store-probe", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(probe["broker_id"], 0);
 }

@@ -77,7 +77,167 @@ pub struct PartitionStatus {
     pub offload_lag_segments: usize,
 }
 
+/// A broker of the cluster, as registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerView {
+    /// Id.
+    pub id: i32,
+    /// Advertised host.
+    pub host: String,
+    /// Advertised Kafka port.
+    pub port: i32,
+    /// Rack.
+    pub rack: Option<String>,
+    /// HTTP API address.
+    pub http: String,
+    /// Broker epoch (the registration's revision).
+    pub epoch: i64,
+    /// In controlled shutdown.
+    pub shutting_down: bool,
+}
+
+/// A partition's place in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionView {
+    /// Partition.
+    pub partition: i32,
+    /// Leader (-1: none).
+    pub leader: i32,
+    /// Leader epoch.
+    pub leader_epoch: i32,
+    /// Replicas, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas.
+    pub isr: Vec<i32>,
+    /// Replicas on brokers that are not registered.
+    pub offline_replicas: Vec<i32>,
+}
+
+/// A topic's partitions in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicView {
+    /// Name.
+    pub name: String,
+    /// Id.
+    pub id: String,
+    /// Partitions.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// This broker's standing in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionView {
+    /// Its epoch (0 while unregistered).
+    pub broker_epoch: i64,
+    /// Its controller epoch, while it is controller.
+    pub controller_epoch: Option<i64>,
+    /// Whether its last call to the metadata store succeeded.
+    pub store_reachable: bool,
+    /// Whether it serves on its peers' word that the store is down for all.
+    pub store_outage: bool,
+    /// Whether it may act as a partition leader now.
+    pub can_lead: bool,
+}
+
+/// The cluster as this broker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    /// Cluster id.
+    pub cluster_id: String,
+    /// `single` (embedded default) or `cluster` (etcd).
+    pub mode: &'static str,
+    /// Where the metadata lives.
+    pub metadata: String,
+    /// The store revision of this view.
+    pub revision: i64,
+    /// This broker's id.
+    pub this_broker: i32,
+    /// The controller's broker id, when one is elected.
+    pub controller: Option<i32>,
+    /// This broker's session.
+    pub session: SessionView,
+    /// Registered brokers.
+    pub brokers: Vec<BrokerView>,
+    /// Topics with their partitions' leaders, replicas and ISRs.
+    pub topics: Vec<TopicView>,
+}
+
 impl Broker {
+    /// The cluster: brokers, controller, and each partition's leader,
+    /// replicas and ISR.
+    pub fn cluster_view(&self) -> ClusterView {
+        let img = self.image();
+        let session = self.metadata().session();
+        let st = session.state();
+        ClusterView {
+            cluster_id: img.cluster_id.clone(),
+            mode: if self.metadata().is_cluster() {
+                "cluster"
+            } else {
+                "single"
+            },
+            metadata: self.metadata().describe(),
+            revision: img.revision,
+            this_broker: self.node_id(),
+            controller: img.controller.map(|c| c.broker_id),
+            session: SessionView {
+                broker_epoch: st.broker_epoch,
+                controller_epoch: st.controller_epoch,
+                store_reachable: st.store_reachable,
+                store_outage: st.store_outage,
+                can_lead: session.can_lead(),
+            },
+            brokers: img
+                .brokers
+                .values()
+                .map(|b| BrokerView {
+                    id: b.id,
+                    host: b.host.clone(),
+                    port: b.port,
+                    rack: b.rack.clone(),
+                    http: b.http.clone(),
+                    epoch: b.epoch,
+                    shutting_down: b.shutting_down,
+                })
+                .collect(),
+            topics: img
+                .topics
+                .values()
+                .map(|t| TopicView {
+                    name: t.name.clone(),
+                    id: t.id.to_string(),
+                    partitions: img
+                        .topic_partitions(t)
+                        .map(|(i, s)| match s {
+                            Some(s) => PartitionView {
+                                partition: i,
+                                leader: s.value.leader,
+                                leader_epoch: s.value.leader_epoch,
+                                replicas: s.value.replicas.clone(),
+                                isr: s.value.isr.clone(),
+                                offline_replicas: s
+                                    .value
+                                    .replicas
+                                    .iter()
+                                    .copied()
+                                    .filter(|b| !img.is_live(*b))
+                                    .collect(),
+                            },
+                            None => PartitionView {
+                                partition: i,
+                                leader: -1,
+                                leader_epoch: -1,
+                                replicas: Vec::new(),
+                                isr: Vec::new(),
+                                offline_replicas: Vec::new(),
+                            },
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// The hot and cold ranges of a partition.
     pub fn partition_status(&self, p: &Partition) -> PartitionStatus {
         let o = p.offsets();
@@ -161,6 +321,17 @@ impl Broker {
         topic: Option<&str>,
         spec: OffsetSpec,
     ) -> Result<Vec<(String, i32, i64)>, ApiError> {
+        if let Err(code) = self.check_coordinator(group) {
+            let at = self
+                .coordinator_for(group)
+                .await
+                .map(|b| format!("broker {} ({}:{})", b.id, b.host, b.http))
+                .unwrap_or_else(|e| e.message);
+            return Err(ApiError::new(
+                code,
+                format!("this broker does not coordinate group '{group}'; its coordinator is {at}"),
+            ));
+        }
         if let Some(d) = self.groups().describe(group) {
             if !d.members.is_empty() {
                 return Err(ApiError::new(

@@ -26,7 +26,7 @@ pub enum FlushPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// This broker's id in the cluster.
+    /// This broker's id when it runs alone (in a cluster, `cluster.broker_id`).
     pub node_id: i32,
     /// Where logs and metadata live.
     pub data_dir: PathBuf,
@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub tier: strata_tier::TierConfig,
     /// The lake writer.
     pub lake: strata_lake::LakeConfig,
+    /// Cluster membership (etcd); without it the broker runs alone.
+    pub cluster: strata_cluster::ClusterConfig,
 }
 
 /// Broker-level defaults of the per-topic log settings.
@@ -116,6 +118,7 @@ impl Default for BrokerConfig {
             groups: crate::groups::GroupConfig::default(),
             tier: strata_tier::TierConfig::default(),
             lake: strata_lake::LakeConfig::default(),
+            cluster: strata_cluster::ClusterConfig::default(),
         }
     }
 }
@@ -164,6 +167,7 @@ impl BrokerConfig {
         self.groups.validate()?;
         self.tier.validate()?;
         self.lake.validate()?;
+        self.cluster.validate()?;
         if self.log.producer_id_expiration_ms < 1 {
             return Err("log.producer_id_expiration_ms must be >= 1".into());
         }

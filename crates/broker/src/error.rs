@@ -106,6 +106,43 @@ impl From<strata_log::Error> for ApiError {
     }
 }
 
+/// This broker does not lead the partition (any more).
+pub(crate) fn not_leader(p: &crate::state::Partition) -> ApiError {
+    ApiError::new(
+        ResponseError::NotLeaderOrFollower,
+        format!(
+            "this broker does not lead {}-{}; refresh metadata and retry",
+            p.topic, p.index
+        ),
+    )
+}
+
+/// A metadata store failure, as the Kafka error a client can act on.
+pub(crate) fn store_error(e: strata_cluster::StoreError) -> ApiError {
+    use strata_cluster::StoreError as E;
+    match &e {
+        E::Fenced(_) => ApiError::new(ResponseError::NotController, format!("{e}; retry")),
+        E::Unavailable(_) | E::Conflict(_) => {
+            ApiError::new(ResponseError::RequestTimedOut, format!("{e}; retry"))
+        }
+        _ => ApiError::storage(&e),
+    }
+}
+
+/// A controller decision that cannot be made, as Kafka's error.
+pub(crate) fn plan_error(e: strata_cluster::controller::PlanError) -> ApiError {
+    use strata_cluster::controller::PlanError as E;
+    let code = match &e {
+        E::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        E::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+        E::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        E::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        E::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        _ => ResponseError::InvalidRequest,
+    };
+    ApiError::new(code, e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,11 +13,13 @@ use crate::error::ApiError;
 use crate::state::{Broker, Partition};
 
 impl LakeHost for Broker {
+    /// Only a partition's leader writes its lake files.
     fn lake_sources(&self) -> Vec<LakeSource> {
         let now = crate::state::now_ms();
         self.topics()
             .iter()
             .flat_map(|t| t.partitions())
+            .filter(|p| p.is_leader())
             .filter_map(|p| {
                 let format = p.lake_format()?;
                 if let Err(e) = p.roll_if_idle(now) {

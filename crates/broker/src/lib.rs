@@ -1,5 +1,6 @@
 //! The Strata broker: the Kafka listener, request handlers, the partition
-//! registry and the metadata store.
+//! registry, and the broker's part in its cluster (metadata from
+//! `strata-cluster`, the controller's reconciliation, forwarding).
 //!
 //! It composes `strata-wire` (the codec) and `strata-log` (the partition logs)
 //! and knows nothing of the binary around it: [`Broker::open`] loads the data
@@ -7,16 +8,19 @@
 //! token fires, and [`Broker::close`] flushes every log.
 
 pub mod admin_api;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod groups;
 pub mod handlers;
 pub mod lake_host;
-pub mod metadata;
+pub mod peer;
+mod replicas;
 pub mod server;
 pub mod state;
 pub mod tiering;
 pub mod topic_config;
 
+pub use cluster::{CreatedTopic, TopicSpec};
 pub use config::{BrokerConfig, FlushPolicy, LogDefaults};
-pub use state::{Broker, Partition, PartitionLag, PartitionOffsets, Topic};
+pub use state::{Broker, Endpoints, Partition, PartitionLag, PartitionOffsets, Topic};

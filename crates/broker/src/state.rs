@@ -10,21 +10,27 @@
 //! Each partition directory holds `partition.metadata` with its topic id, so a
 //! directory of a deleted topic is never adopted by a new topic of that name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::ResponseError;
+use strata_cluster::file::FileStore;
+use strata_cluster::{
+    BrokerId, BrokerRegistration, ClusterImage, MetadataStore, PartitionState, Session, TopicRecord,
+};
 use strata_log::{AppendInfo, Log, LogConfig};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::{BrokerConfig, FlushPolicy};
 use crate::error::ApiError;
 use crate::groups::{GroupCoordinator, OffsetStore};
-use crate::metadata::{FileMetadataStore, MetadataStore, TopicRecord};
 use crate::topic_config::StoragePolicy;
 use crate::topic_config::TopicConfig;
 use strata_tier::{PartitionId, Tier};
@@ -75,8 +81,12 @@ pub struct Partition {
     pub topic_id: Uuid,
     /// Partition index.
     pub index: i32,
-    /// Leader epoch (constant on one broker, carried for the cluster model).
-    pub leader_epoch: i32,
+    /// Its state in the cluster (replicas, ISR, leader and leader epoch), as
+    /// last applied; changed only with the log locked, so an append's
+    /// leadership check and its write are one step.
+    replica: RwLock<PartitionState>,
+    /// This broker's session: whether it may lead at all right now.
+    session: Arc<Session>,
     log: Mutex<Log>,
     /// Serializes fsyncs so concurrent producers share one (group commit).
     sync_lock: Mutex<()>,
@@ -112,6 +122,41 @@ pub struct PartitionOffsets {
 }
 
 impl Partition {
+    /// The current leader epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        self.replica.read().expect("replica lock").leader_epoch
+    }
+
+    /// The partition's cluster state as last applied.
+    pub fn replica_state(&self) -> PartitionState {
+        self.replica.read().expect("replica lock").clone()
+    }
+
+    fn leads(&self, s: &PartitionState) -> bool {
+        s.leader == self.session.broker_id()
+            && s.leader_broker_epoch == self.session.broker_epoch()
+            && self.session.can_lead()
+    }
+
+    /// Whether this broker leads the partition now: the cluster elected it
+    /// with its current registration, and its session still stands.
+    pub fn is_leader(&self) -> bool {
+        self.leads(&self.replica.read().expect("replica lock"))
+    }
+
+    /// Applies the partition's new cluster state; returns whether this
+    /// broker became its leader by it.
+    pub(crate) fn set_replica_state(&self, next: PartitionState) -> bool {
+        let _log = self.log.lock().expect("log lock poisoned");
+        let mut s = self.replica.write().expect("replica lock");
+        if *s == next {
+            return false;
+        }
+        let was = self.leads(&s);
+        *s = next;
+        !was && self.leads(&s)
+    }
+
     /// Runs `f` with the log locked.
     pub fn with_log<T>(&self, f: impl FnOnce(&mut Log) -> T) -> T {
         let mut log = self.log.lock().expect("log lock poisoned");
@@ -161,6 +206,12 @@ impl Partition {
         })
     }
 
+    /// Takes `bytes` off the broker's count of local segment bytes (the
+    /// replica is being removed).
+    pub(crate) fn release_size(&self, bytes: u64) {
+        self.track_size(bytes, 0);
+    }
+
     fn track_size(&self, before: u64, after: u64) {
         use std::sync::atomic::Ordering;
         if after >= before {
@@ -207,14 +258,22 @@ impl Partition {
         *self.lake_format.write().expect("lake lock") = f.map(Arc::new);
     }
 
-    /// Appends a produce request's records. Blocking (file I/O).
-    pub fn append(&self, records: &mut [u8]) -> Result<AppendInfo, strata_log::Error> {
-        let epoch = self.leader_epoch;
+    /// Appends a produce request's records as the leader of `leader_epoch`
+    /// (the epoch the request was routed by): refused with
+    /// NOT_LEADER_OR_FOLLOWER if leadership moved on meanwhile. Blocking
+    /// (file I/O).
+    pub fn append(&self, records: &mut [u8], leader_epoch: i32) -> Result<AppendInfo, ApiError> {
         let (info, rolled) = self.with_log(|l| {
+            let state = self.replica.read().expect("replica lock");
+            if !self.leads(&state) || state.leader_epoch != leader_epoch {
+                return Err(crate::error::not_leader(self));
+            }
             let (segments, size) = (l.segment_count(), l.size_bytes());
-            let info = l.append(records, epoch, now_ms())?;
+            let info = l
+                .append(records, leader_epoch, now_ms())
+                .map_err(ApiError::from)?;
             self.track_size(size, l.size_bytes());
-            Ok::<_, strata_log::Error>((info, l.segment_count() > segments))
+            Ok((info, l.segment_count() > segments))
         })?;
         if rolled && self.policy().remote {
             self.tier.wake_offloader();
@@ -319,30 +378,67 @@ pub struct Topic {
     /// Id given at creation.
     pub id: Uuid,
     configs: RwLock<TopicConfig>,
-    partitions: RwLock<Vec<Arc<Partition>>>,
+    /// Partitions the topic has in the cluster.
+    partition_count: AtomicI32,
+    /// The partitions with a replica on this broker.
+    partitions: RwLock<BTreeMap<i32, Arc<Partition>>>,
 }
 
 impl Topic {
-    /// A partition by index.
-    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
-        if index < 0 {
-            return None;
+    pub(crate) fn new(rec: &TopicRecord) -> Self {
+        Self {
+            name: rec.name.clone(),
+            id: rec.id,
+            configs: RwLock::new(TopicConfig(rec.configs.clone())),
+            partition_count: AtomicI32::new(rec.partitions),
+            partitions: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// The replica of partition `index` on this broker, if it holds one.
+    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
         self.partitions
             .read()
             .expect("partitions lock")
-            .get(index as usize)
+            .get(&index)
             .cloned()
     }
 
-    /// All partitions.
+    /// The partitions with a replica on this broker, by index.
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().expect("partitions lock").clone()
+        self.partitions
+            .read()
+            .expect("partitions lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
-    /// Partition count.
+    /// Partition count (in the cluster, not only on this broker).
     pub fn partition_count(&self) -> i32 {
-        self.partitions.read().expect("partitions lock").len() as i32
+        self.partition_count.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_partition_count(&self, n: i32) {
+        self.partition_count.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn insert_partition(&self, p: Arc<Partition>) {
+        self.partitions
+            .write()
+            .expect("partitions lock")
+            .insert(p.index, p);
+    }
+
+    pub(crate) fn remove_partition(&self, index: i32) -> Option<Arc<Partition>> {
+        self.partitions
+            .write()
+            .expect("partitions lock")
+            .remove(&index)
+    }
+
+    pub(crate) fn set_configs(&self, configs: TopicConfig) {
+        *self.configs.write().expect("configs lock") = configs;
     }
 
     /// Config overrides.
@@ -355,19 +451,26 @@ impl Topic {
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
-    store: Arc<dyn MetadataStore>,
+    /// Cluster metadata: the file store alone, etcd in a cluster.
+    pub(crate) store: Arc<dyn MetadataStore>,
+    /// The file store when running alone (its image is snapshotted to the tier).
+    pub(crate) file_store: Option<Arc<FileStore>>,
+    node_id: BrokerId,
     cluster_id: String,
     logs_dir: PathBuf,
+    /// Every topic of the cluster, with this broker's replicas of it.
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Serializes topic operations.
-    admin: tokio::sync::Mutex<()>,
+    /// Serializes topic changes this broker makes as controller.
+    pub(crate) admin: tokio::sync::Mutex<()>,
+    /// Serializes applying images to local replicas.
+    pub(crate) applying: tokio::sync::Mutex<()>,
     /// Woken whenever a high watermark advances (fetch long polls wait here).
     pub(crate) data_available: Notify,
-    advertised: RwLock<(String, i32)>,
+    endpoints: Endpoints,
     /// Consumer groups and committed offsets.
     groups: GroupCoordinator,
     /// Producer ids reserved from the metadata store and not yet handed out.
-    producer_ids: Mutex<std::ops::Range<i64>>,
+    producer_ids: tokio::sync::Mutex<std::ops::Range<i64>>,
     /// The object tier.
     tier: Arc<Tier>,
     /// The lake writer.
@@ -376,6 +479,24 @@ pub struct Broker {
     pub(crate) disk: crate::tiering::DiskGuard,
     /// Bumped on every metadata change, so snapshots to the tier know when to run.
     pub(crate) metadata_version: std::sync::atomic::AtomicU64,
+    /// Connections to the other brokers.
+    pub(crate) peers: crate::peer::Peers,
+    /// Cancelled when the broker closes: ends its metadata tasks.
+    pub(crate) stopping: CancellationToken,
+}
+
+/// Where this broker is reached, as it registers itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Host clients connect to (advertised).
+    pub host: String,
+    /// Kafka port clients connect to (advertised).
+    pub port: i32,
+    /// `host:port` of the HTTP API, for the other brokers.
+    pub http: String,
+    /// The local address outgoing connections (to etcd, to other brokers)
+    /// are bound to, when the listener binds a specific one.
+    pub bind: Option<IpAddr>,
 }
 
 /// Producer ids reserved from the metadata store at a time.
@@ -397,63 +518,100 @@ pub struct PartitionLag {
 }
 
 impl Broker {
-    /// Connects to the object tier, restores the broker's metadata from it
-    /// when the data directory is empty, then opens the data directory:
-    /// metadata, committed offsets and every partition's log (recovering
-    /// those not closed cleanly; a partition with no local data continues
-    /// where the object tier ends).
-    pub async fn start(config: BrokerConfig) -> anyhow::Result<Arc<Self>> {
+    /// Connects to the object tier and the metadata store (restoring the
+    /// single broker's metadata from the tier when the data directory is
+    /// empty; registering in the cluster with etcd), then opens the
+    /// partitions this broker holds (recovering those not closed cleanly; a
+    /// partition with no local data continues where the object tier ends).
+    pub async fn start(config: BrokerConfig, endpoints: Endpoints) -> anyhow::Result<Arc<Self>> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let node_id = if config.cluster.enabled() {
+            config
+                .cluster
+                .resolve_broker_id(&crate::cluster::host_name())
+                .map_err(anyhow::Error::msg)?
+        } else {
+            config.node_id
+        };
         let tier = Tier::open(config.tier.clone(), &config.data_dir)
             .await
             .map_err(|e| anyhow::anyhow!("object tier: {e}"))?;
         let meta_dir = config.data_dir.join("meta");
-        crate::tiering::restore_metadata(&tier, &meta_dir).await?;
-        let (store, offsets) = {
-            let dir = meta_dir.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                Ok((FileMetadataStore::open(&dir)?, OffsetStore::open(&dir)?))
-            })
-            .await??
+        let identity =
+            crate::cluster::DataDirIdentity::load(&meta_dir, node_id, config.cluster.enabled())?;
+        let me = BrokerRegistration {
+            id: node_id,
+            host: endpoints.host.clone(),
+            port: endpoints.port,
+            rack: (!config.cluster.rack.is_empty()).then(|| config.cluster.rack.clone()),
+            http: endpoints.http.clone(),
+            incarnation: identity.incarnation,
+            shutting_down: false,
+            epoch: 0,
         };
+        let (store, file_store): (Arc<dyn MetadataStore>, Option<Arc<FileStore>>) =
+            if config.cluster.enabled() {
+                let store = strata_cluster::etcd::EtcdStore::start(
+                    config.cluster.clone(),
+                    me,
+                    identity.cluster_id.clone(),
+                    endpoints.bind,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cluster metadata: {e}"))?;
+                (store, None)
+            } else {
+                crate::tiering::restore_metadata(&tier, &meta_dir).await?;
+                let dir = meta_dir.clone();
+                let store =
+                    tokio::task::spawn_blocking(move || FileStore::open(&dir, me)).await??;
+                let store = Arc::new(store);
+                (store.clone(), Some(store))
+            };
         let image = store.image();
+        identity.save(&meta_dir, &image.cluster_id)?;
+        let offsets = {
+            let dir = meta_dir.clone();
+            tokio::task::spawn_blocking(move || OffsetStore::open(&dir)).await??
+        };
         let logs_dir = config.data_dir.join("logs");
         std::fs::create_dir_all(&logs_dir)?;
-        let resume = crate::tiering::resume_points(&tier, &image, &logs_dir, &config).await?;
+        let bind = endpoints.bind;
         let broker = Arc::new(Self {
             cluster_id: image.cluster_id.clone(),
             logs_dir,
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::Mutex::new(()),
             data_available: Notify::new(),
-            advertised: RwLock::new((String::new(), 0)),
-            store: Arc::new(store),
+            endpoints,
             groups: GroupCoordinator::new(config.groups.clone(), offsets),
-            producer_ids: Mutex::new(0..0),
+            producer_ids: tokio::sync::Mutex::new(0..0),
             disk: crate::tiering::DiskGuard::default(),
             metadata_version: std::sync::atomic::AtomicU64::new(1),
             lake: strata_lake::Lake::new(config.lake.clone(), tier.clone()),
+            peers: crate::peer::Peers::new(bind, format!("strata-broker-{node_id}")),
+            stopping: CancellationToken::new(),
             tier,
+            store,
+            file_store,
+            node_id,
             config,
         });
         let b = broker.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            b.remove_stale_dirs(&image.topics)?;
-            let mut topics = HashMap::new();
-            for rec in image.topics.values() {
-                let topic = b.open_topic(rec, &resume)?;
-                topics.insert(rec.name.clone(), topic);
-            }
-            info!(
-                topics = topics.len(),
-                cluster_id = %b.cluster_id,
-                "metadata and logs loaded"
-            );
-            *b.topics.write().expect("topics lock") = topics;
-            Ok(())
-        })
-        .await??;
+        let img = image.clone();
+        tokio::task::spawn_blocking(move || b.remove_stale_dirs(&img)).await??;
+        broker.apply_image(&image).await?;
+        info!(
+            topics = image.topics.len(),
+            partitions = broker.topics().iter().map(|t| t.partitions().len()).sum::<usize>(),
+            broker = node_id,
+            cluster_id = %broker.cluster_id,
+            metadata = %broker.store.describe(),
+            "metadata and logs loaded"
+        );
         crate::tiering::load_remote_partitions(&broker).await;
+        crate::cluster::spawn_tasks(&broker);
         Ok(broker)
     }
 
@@ -467,10 +625,19 @@ impl Broker {
         &self.lake
     }
 
-    fn remove_stale_dirs(
-        &self,
-        topics: &std::collections::BTreeMap<String, TopicRecord>,
-    ) -> anyhow::Result<()> {
+    /// The cluster metadata store.
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.store
+    }
+
+    /// The latest cluster image.
+    pub fn image(&self) -> Arc<ClusterImage> {
+        self.store.image()
+    }
+
+    /// Removes partition directories no topic of the image assigns to this
+    /// broker (deleted topics, earlier incarnations, replicas moved away).
+    fn remove_stale_dirs(&self, image: &ClusterImage) -> anyhow::Result<()> {
         for entry in std::fs::read_dir(&self.logs_dir)? {
             let path = entry?.path();
             let name = path
@@ -479,28 +646,37 @@ impl Broker {
                 .unwrap_or_default();
             let keep = name.rsplit_once('-').and_then(|(topic, p)| {
                 let p: i32 = p.parse().ok()?;
-                let rec = topics.get(topic)?;
+                let rec = image.topics.get(topic)?;
                 let id = std::fs::read_to_string(path.join(PARTITION_METADATA)).ok()?;
-                (p < rec.partitions && id.trim() == rec.id.to_string()).then_some(())
+                let hosted = image
+                    .partition(rec.id, p)
+                    .is_none_or(|s| s.value.replicas.contains(&self.node_id));
+                (p < rec.partitions && id.trim() == rec.id.to_string() && hosted).then_some(())
             });
             if keep.is_none() {
-                warn!(dir = %path.display(), "removing partition directory that no topic owns");
+                warn!(dir = %path.display(), "removing partition directory that no topic assigns to this broker");
                 std::fs::remove_dir_all(&path)?;
             }
         }
         Ok(())
     }
 
-    fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
+    pub(crate) fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
         self.logs_dir.join(format!("{topic}-{index}"))
     }
 
-    fn open_partition(
+    pub(crate) fn logs_dir(&self) -> &Path {
+        &self.logs_dir
+    }
+
+    /// Opens (or creates) this broker's replica of a partition. Blocking.
+    pub(crate) fn open_partition(
         &self,
         rec: &TopicRecord,
         settings: &(LogConfig, StoragePolicy),
         index: i32,
-        resume: &crate::tiering::ResumePoints,
+        state: PartitionState,
+        resume: Option<&(i64, bytes::Bytes)>,
     ) -> anyhow::Result<Arc<Partition>> {
         let dir = self.partition_dir(&rec.name, index);
         let marker = dir.join(PARTITION_METADATA);
@@ -510,7 +686,7 @@ impl Broker {
             .lake(&self.config.log)
             .map_err(anyhow::Error::msg)?
             .map(Arc::new);
-        let log: Log = match resume.get(&(rec.id, index)) {
+        let log: Log = match resume {
             Some((offset, snapshot)) if fresh => {
                 let mut log = Log::open_from(&dir, log_config.clone(), now_ms(), *offset)?;
                 if let Some(state) = strata_log::producer_state::ProducerState::decode(snapshot) {
@@ -531,7 +707,8 @@ impl Broker {
             topic: rec.name.clone(),
             topic_id: rec.id,
             index,
-            leader_epoch: rec.leader_epochs.get(index as usize).copied().unwrap_or(0),
+            replica: RwLock::new(state),
+            session: self.store.session().clone(),
             log: Mutex::new(log),
             sync_lock: Mutex::new(()),
             flush: self.config.log.flush,
@@ -542,26 +719,6 @@ impl Broker {
             local_bytes: self.disk.used.clone(),
             bytes_in: metrics::counter!("strata_topic_bytes_in_total", "topic" => rec.name.clone()),
             messages_in: metrics::counter!("strata_topic_messages_in_total", "topic" => rec.name.clone()),
-        }))
-    }
-
-    fn open_topic(
-        &self,
-        rec: &TopicRecord,
-        resume: &crate::tiering::ResumePoints,
-    ) -> anyhow::Result<Arc<Topic>> {
-        let configs = TopicConfig(rec.configs.clone());
-        let settings = configs
-            .settings(&self.config.log)
-            .map_err(anyhow::Error::msg)?;
-        let partitions = (0..rec.partitions)
-            .map(|i| self.open_partition(rec, &settings, i, resume))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Arc::new(Topic {
-            name: rec.name.clone(),
-            id: rec.id,
-            configs: RwLock::new(configs),
-            partitions: RwLock::new(partitions),
         }))
     }
 
@@ -577,17 +734,17 @@ impl Broker {
 
     /// This broker's id.
     pub fn node_id(&self) -> i32 {
-        self.config.node_id
+        self.node_id
     }
 
     /// Host and port given to clients.
     pub fn advertised(&self) -> (String, i32) {
-        self.advertised.read().expect("advertised lock").clone()
+        (self.endpoints.host.clone(), self.endpoints.port)
     }
 
-    /// Sets the host and port given to clients (once the listener is bound).
-    pub fn set_advertised(&self, host: String, port: i32) {
-        *self.advertised.write().expect("advertised lock") = (host, port);
+    /// Where this broker is reached.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
     }
 
     /// A topic by name.
@@ -618,20 +775,32 @@ impl Broker {
         all
     }
 
+    pub(crate) fn insert_topic(&self, topic: Arc<Topic>) {
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(topic.name.clone(), topic);
+    }
+
+    pub(crate) fn remove_topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.write().expect("topics lock").remove(name)
+    }
+
     /// The group coordinator.
     pub fn groups(&self) -> &GroupCoordinator {
         &self.groups
     }
 
     /// Hands out a new producer id, reserving a block from the metadata store
-    /// when the current one is used up. Blocking when it reserves.
-    pub fn next_producer_id(&self) -> Result<i64, ApiError> {
-        let mut ids = self.producer_ids.lock().expect("producer ids lock");
+    /// when the current one is used up.
+    pub async fn next_producer_id(&self) -> Result<i64, ApiError> {
+        let mut ids = self.producer_ids.lock().await;
         if ids.is_empty() {
             let first = self
                 .store
                 .allocate_producer_ids(PRODUCER_ID_BLOCK)
-                .map_err(ApiError::storage)?;
+                .await
+                .map_err(crate::error::store_error)?;
             *ids = first..first + PRODUCER_ID_BLOCK;
             // The next snapshot to the object tier must carry the new block.
             self.metadata_version
@@ -666,260 +835,15 @@ impl Broker {
     pub(crate) fn metadata_changed(self: &Arc<Self>) {
         self.metadata_version
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let this = self.clone();
-        tokio::spawn(async move { crate::tiering::snapshot_metadata(&this).await });
-    }
-
-    /// The metadata store's image (topics, ids, configs).
-    pub fn metadata_image(&self) -> crate::metadata::MetadataImage {
-        self.store.image()
+        if self.file_store.is_some() {
+            let this = self.clone();
+            tokio::spawn(async move { crate::tiering::snapshot_metadata(&this).await });
+        }
     }
 
     /// Wakes fetches waiting for data.
     pub fn notify_data(&self) {
         self.data_available.notify_waiters();
-    }
-
-    /// Creates a topic. With `validate_only`, checks everything and changes nothing.
-    pub async fn create_topic(
-        self: &Arc<Self>,
-        name: &str,
-        partitions: i32,
-        configs: TopicConfig,
-        validate_only: bool,
-    ) -> Result<Arc<Topic>, ApiError> {
-        validate_topic_name(name)?;
-        let partitions = if partitions == -1 {
-            self.config.default_partitions
-        } else {
-            partitions
-        };
-        if partitions < 1 {
-            return Err(ApiError::new(
-                ResponseError::InvalidPartitions,
-                format!("number of partitions must be at least 1, got {partitions}"),
-            ));
-        }
-        if partitions > 100_000 {
-            return Err(ApiError::new(
-                ResponseError::InvalidPartitions,
-                format!("{partitions} partitions is more than this broker allows (100000)"),
-            ));
-        }
-        let settings = configs
-            .settings(&self.config.log)
-            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
-        let _admin = self.admin.lock().await;
-        if self.topic(name).is_some() {
-            return Err(ApiError::new(
-                ResponseError::TopicAlreadyExists,
-                format!("topic '{name}' already exists"),
-            ));
-        }
-        let rec = TopicRecord {
-            name: name.to_string(),
-            id: Uuid::new_v4(),
-            partitions,
-            leader_epochs: vec![0; partitions as usize],
-            configs: configs.0.clone(),
-        };
-        if validate_only {
-            return Ok(Arc::new(Topic {
-                name: rec.name,
-                id: rec.id,
-                configs: RwLock::new(configs),
-                partitions: RwLock::new(Vec::new()),
-            }));
-        }
-        let this = self.clone();
-        let topic = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Topic>> {
-            this.store.put_topic(rec.clone())?;
-            let none = crate::tiering::ResumePoints::new();
-            let parts = (0..rec.partitions)
-                .map(|i| this.open_partition(&rec, &settings, i, &none))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok(Arc::new(Topic {
-                name: rec.name.clone(),
-                id: rec.id,
-                configs: RwLock::new(configs),
-                partitions: RwLock::new(parts),
-            }))
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::storage)?;
-        self.topics
-            .write()
-            .expect("topics lock")
-            .insert(name.to_string(), topic.clone());
-        info!(topic = name, partitions, id = %topic.id, "topic created");
-        self.metadata_changed();
-        Ok(topic)
-    }
-
-    /// Deletes a topic and its data.
-    pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<Uuid, ApiError> {
-        let _admin = self.admin.lock().await;
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| ApiError::unknown_topic(name))?;
-        let this = self.clone();
-        let name_owned = name.to_string();
-        let parts = topic.partitions();
-        let id = topic.id;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            this.store.delete_topic(&name_owned)?;
-            this.topics.write().expect("topics lock").remove(&name_owned);
-            for p in &parts {
-                let size = p.offsets().size_bytes;
-                p.track_size(size, 0);
-                let dir = this.partition_dir(&name_owned, p.index);
-                let doomed = this.logs_dir.join(format!("{name_owned}-{}.{id}-delete", p.index));
-                if let Err(e) = std::fs::rename(&dir, &doomed) {
-                    warn!(dir = %dir.display(), error = %e, "cannot rename deleted partition");
-                    continue;
-                }
-                if let Err(e) = std::fs::remove_dir_all(&doomed) {
-                    warn!(dir = %doomed.display(), error = %e, "cannot remove deleted partition; removed at next start");
-                }
-            }
-            Ok(())
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::storage)?;
-        let this = self.clone();
-        let name_owned = name.to_string();
-        let _ = tokio::task::spawn_blocking(move || this.groups.topic_deleted(&name_owned)).await;
-        self.notify_data();
-        info!(topic = name, %id, "topic deleted");
-        self.metadata_changed();
-        // The object tier's copy goes in the background; a crash before it
-        // finishes leaves objects the start-up garbage collection removes.
-        let tier = self.tier.clone();
-        let name_owned = name.to_string();
-        let lake = self.lake.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tier.delete_topic(&name_owned, id).await {
-                warn!(topic = %name_owned, %id, error = %e, "cannot delete the topic's objects now; they are removed at next start");
-            }
-            if let Err(e) = lake.delete_topic(&name_owned).await {
-                warn!(topic = %name_owned, error = %e, "cannot delete the topic's lake files");
-            }
-        });
-        Ok(id)
-    }
-
-    /// Raises a topic's partition count to `count`.
-    pub async fn create_partitions(
-        self: &Arc<Self>,
-        name: &str,
-        count: i32,
-        validate_only: bool,
-    ) -> Result<(), ApiError> {
-        let _admin = self.admin.lock().await;
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| ApiError::unknown_topic(name))?;
-        let current = topic.partition_count();
-        if count <= current {
-            return Err(ApiError::new(
-                ResponseError::InvalidPartitions,
-                format!(
-                    "topic '{name}' has {current} partitions; the new count {count} must be larger"
-                ),
-            ));
-        }
-        if count > 100_000 {
-            return Err(ApiError::new(
-                ResponseError::InvalidPartitions,
-                format!("{count} partitions is more than this broker allows (100000)"),
-            ));
-        }
-        if validate_only {
-            return Ok(());
-        }
-        let this = self.clone();
-        let topic2 = topic.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let configs = topic2.configs();
-            let settings = configs
-                .settings(&this.config.log)
-                .map_err(anyhow::Error::msg)?;
-            let rec = TopicRecord {
-                name: topic2.name.clone(),
-                id: topic2.id,
-                partitions: count,
-                leader_epochs: vec![0; count as usize],
-                configs: configs.0.clone(),
-            };
-            this.store.put_topic(rec.clone())?;
-            let mut parts = topic2.partitions.write().expect("partitions lock");
-            let none = crate::tiering::ResumePoints::new();
-            for i in current..count {
-                parts.push(this.open_partition(&rec, &settings, i, &none)?);
-            }
-            Ok(())
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::storage)?;
-        info!(topic = name, from = current, to = count, "partitions added");
-        self.metadata_changed();
-        Ok(())
-    }
-
-    /// Replaces a topic's config overrides.
-    pub async fn set_topic_configs(
-        self: &Arc<Self>,
-        name: &str,
-        configs: TopicConfig,
-        validate_only: bool,
-    ) -> Result<(), ApiError> {
-        let (log_config, policy) = configs
-            .settings(&self.config.log)
-            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
-        let _admin = self.admin.lock().await;
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| ApiError::unknown_topic(name))?;
-        let was_remote = topic
-            .configs()
-            .storage_policy(&self.config.log)
-            .is_ok_and(|p| p.remote);
-        if was_remote && !policy.remote {
-            return Err(ApiError::new(
-                ResponseError::InvalidConfig,
-                format!("remote.storage.enable cannot be turned off for '{name}': its history is in the object tier"),
-            ));
-        }
-        if validate_only {
-            return Ok(());
-        }
-        let rec = TopicRecord {
-            name: topic.name.clone(),
-            id: topic.id,
-            partitions: topic.partition_count(),
-            leader_epochs: topic.partitions().iter().map(|p| p.leader_epoch).collect(),
-            configs: configs.0.clone(),
-        };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.put_topic(rec))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::storage)?;
-        let lake_format = configs
-            .lake(&self.config.log)
-            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
-        *topic.configs.write().expect("configs lock") = configs;
-        for p in topic.partitions() {
-            p.with_log(|l| l.set_config(log_config.clone()));
-            p.set_policy(policy);
-            p.set_lake_format(lake_format.clone());
-        }
-        info!(topic = name, "topic configs changed");
-        self.metadata_changed();
-        Ok(())
     }
 
     /// One retention pass over every partition: idle rolls, then deletion of
@@ -957,6 +881,7 @@ impl Broker {
 
     /// Flushes and closes every log, leaving clean-shutdown markers. Blocking.
     pub fn close(&self) {
+        self.stopping.cancel();
         for topic in self.topics() {
             for p in topic.partitions() {
                 if let Err(e) = p.with_log(|l| l.close()) {
@@ -971,7 +896,7 @@ impl Broker {
     }
 }
 
-fn write_file_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_file_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;

@@ -12,7 +12,6 @@
 //! clients retry, and produce resumes by itself once uploads catch up and
 //! the hot window shrinks again. Fetches are never refused.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,17 +25,12 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::metadata::MetadataImage;
 use crate::state::{now_ms, Broker, Partition};
-use crate::topic_config::TopicConfig;
+use strata_cluster::file::FileImage;
 
 /// How far the producer id counter jumps when metadata is restored from the
 /// object tier (ids allocated after the last snapshot are not in it).
 const PRODUCER_ID_SKIP_ON_RESTORE: i64 = 1 << 32;
-
-/// Where partitions without local data continue: the offset after the object
-/// tier's last segment and that segment's producer state snapshot.
-pub type ResumePoints = HashMap<(Uuid, i32), (i64, Bytes)>;
 
 impl LocalPartition for Partition {
     fn id(&self) -> PartitionId {
@@ -71,7 +65,7 @@ impl LocalPartition for Partition {
     }
 
     fn leader_epoch(&self) -> i32 {
-        self.leader_epoch
+        Partition::leader_epoch(self)
     }
 
     fn retention(&self) -> RetentionPolicy {
@@ -101,27 +95,20 @@ impl LocalPartition for Partition {
 }
 
 impl TierHost for Broker {
+    /// Only a partition's leader uploads it and runs its remote retention.
     fn tiered_partitions(&self) -> Vec<Arc<dyn LocalPartition>> {
         self.topics()
             .into_iter()
             .flat_map(|t| t.partitions())
-            .filter(|p| p.policy().remote)
+            .filter(|p| p.policy().remote && p.is_leader())
             .map(|p| p as Arc<dyn LocalPartition>)
             .collect()
     }
 }
 
-fn is_tiered(
-    broker_defaults: &crate::config::LogDefaults,
-    configs: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    TopicConfig(configs.clone())
-        .storage_policy(broker_defaults)
-        .is_ok_and(|p| p.remote)
-}
-
-/// On an empty data directory, brings back the broker's metadata and
-/// committed offsets from their snapshots in the object tier.
+/// On an empty data directory, brings back the single broker's metadata and
+/// committed offsets from their snapshots in the object tier. (In a cluster
+/// the metadata lives in etcd.)
 pub(crate) async fn restore_metadata(
     tier: &strata_tier::Tier,
     meta_dir: &Path,
@@ -133,13 +120,13 @@ pub(crate) async fn restore_metadata(
     let Some(image) = tier.get_snapshot(&keys::metadata_snapshot()).await? else {
         return Ok(());
     };
-    let mut parsed: MetadataImage = serde_json::from_slice(&image).map_err(|e| {
+    let mut parsed = FileImage::parse(&image).map_err(|e| {
         anyhow::anyhow!("the metadata snapshot in the object tier does not parse: {e}")
     })?;
     // Producer ids handed out after the last snapshot must never be handed
     // out again: skip well past them.
-    parsed.next_producer_id += PRODUCER_ID_SKIP_ON_RESTORE;
-    let image = serde_json::to_vec_pretty(&parsed).expect("image serializes");
+    parsed.skip_producer_ids(PRODUCER_ID_SKIP_ON_RESTORE);
+    let image = parsed.to_bytes();
     std::fs::create_dir_all(meta_dir)?;
     let offsets = tier.get_snapshot(&keys::offsets_snapshot()).await?;
     if let Some(o) = &offsets {
@@ -148,8 +135,8 @@ pub(crate) async fn restore_metadata(
     }
     write_synced(&metadata, &image)?;
     info!(
-        topics = parsed.topics.len(),
-        cluster_id = %parsed.cluster_id,
+        topics = parsed.topic_count(),
+        cluster_id = %parsed.cluster_id(),
         offsets = offsets.is_some(),
         "data directory was empty: restored topics and committed offsets from the object tier"
     );
@@ -169,44 +156,10 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// For each partition of a tiered topic that has no local directory, where
-/// the object tier ends.
-pub(crate) async fn resume_points(
-    tier: &strata_tier::Tier,
-    image: &MetadataImage,
-    logs_dir: &Path,
-    config: &crate::config::BrokerConfig,
-) -> anyhow::Result<ResumePoints> {
-    let mut out = ResumePoints::new();
-    for rec in image.topics.values() {
-        if !is_tiered(&config.log, &rec.configs) {
-            continue;
-        }
-        for p in 0..rec.partitions {
-            if logs_dir
-                .join(format!("{}-{p}", rec.name))
-                .join("partition.metadata")
-                .exists()
-            {
-                continue;
-            }
-            let id = PartitionId {
-                topic: rec.name.clone(),
-                topic_id: rec.id,
-                partition: p,
-            };
-            if let Some(point) = tier.resume_point(&id).await.map_err(|e| {
-                anyhow::anyhow!("reading {}-{p} from the object tier: {e}", rec.name)
-            })? {
-                out.insert((rec.id, p), point);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Loads the manifests of every tiered partition, so reads below the hot
-/// window and retention know what the object tier holds from the start.
+/// Loads the manifests of every tiered partition this broker leads, so reads
+/// below the hot window and retention know what the object tier holds from
+/// the start. The single broker then deletes objects of topics that no
+/// longer exist (in a cluster the controller does).
 pub(crate) async fn load_remote_partitions(broker: &Arc<Broker>) {
     let ids: Vec<PartitionId> = broker.tiered_partitions().iter().map(|p| p.id()).collect();
     let tier = broker.tier().clone();
@@ -220,6 +173,9 @@ pub(crate) async fn load_remote_partitions(broker: &Arc<Broker>) {
             }
         })
         .await;
+    if broker.file_store.is_none() {
+        return;
+    }
     let live: Vec<(String, Uuid)> = broker
         .topics()
         .iter()
@@ -240,13 +196,15 @@ pub(crate) async fn load_remote_partitions(broker: &Arc<Broker>) {
 
 static SNAPSHOT_LOCK: tokio::sync::Mutex<(u64, u64)> = tokio::sync::Mutex::const_new((0, 0));
 
-/// Writes the metadata image and the committed offsets to the object tier
-/// when they changed since the last snapshot.
+/// Writes the single broker's metadata and committed offsets to the object
+/// tier when they changed since the last snapshot.
 pub(crate) async fn snapshot_metadata(broker: &Arc<Broker>) {
+    let Some(store) = &broker.file_store else {
+        return;
+    };
     let mut last = SNAPSHOT_LOCK.lock().await;
     let version = broker.metadata_version.load(Ordering::SeqCst);
-    let metadata =
-        Bytes::from(serde_json::to_vec(&broker.metadata_image()).expect("image serializes"));
+    let metadata = Bytes::from(store.file_image().to_bytes());
     let offsets = Bytes::from(
         serde_json::to_vec(&broker.groups().store().image()).expect("image serializes"),
     );

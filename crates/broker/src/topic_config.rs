@@ -82,6 +82,10 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
         name: "segment.ms",
         doc: "age at which the active segment rolls",
     },
+    ConfigKey {
+        name: "unclean.leader.election.enable",
+        doc: "elect a replica outside the ISR when no in-sync replica is left (acknowledged records may be lost)",
+    },
 ];
 
 /// The overrides a topic carries; keys absent take the broker default.
@@ -160,7 +164,9 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
         "message.timestamp.type" => parse_timestamp_type(value).map(drop),
         "retention.bytes" | "retention.ms" => parse_i64(name, value, -1).map(drop),
         "local.retention.bytes" | "local.retention.ms" => parse_i64(name, value, -2).map(drop),
-        "remote.storage.enable" | "lake.enable" => parse_bool(name, value).map(drop),
+        "remote.storage.enable" | "lake.enable" | "unclean.leader.election.enable" => {
+            parse_bool(name, value).map(drop)
+        }
         "lake.value.format" => match value {
             "bytes" | "json" | "avro" => Ok(()),
             other => Err(format!("lake.value.format: '{other}' is not bytes, json or avro")),
@@ -206,7 +212,7 @@ impl TopicConfig {
             "local.retention.bytes" => defaults.local_retention_bytes.to_string(),
             "local.retention.ms" => defaults.local_retention_ms.to_string(),
             "remote.storage.enable" => defaults.remote_storage_enable.to_string(),
-            "lake.enable" => "false".to_string(),
+            "lake.enable" | "unclean.leader.election.enable" => "false".to_string(),
             "lake.value.format" => "bytes".to_string(),
             "lake.value.schema" | "lake.value.schema.file" => String::new(),
             "retention.ms" => defaults.retention_ms.to_string(),

@@ -934,6 +934,10 @@ impl MetadataStore for EtcdStore {
         self.image.subscribe()
     }
 
+    fn fresh_image(&self) -> BoxFuture<'_, Result<Arc<ClusterImage>>> {
+        async move { Ok(Arc::new(self.list().await?.0)) }.boxed()
+    }
+
     fn session(&self) -> &Arc<Session> {
         &self.session
     }

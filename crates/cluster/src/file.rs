@@ -359,6 +359,11 @@ impl MetadataStore for FileStore {
         self.inner.image.subscribe()
     }
 
+    fn fresh_image(&self) -> BoxFuture<'_, Result<Arc<ClusterImage>>> {
+        let img = self.inner.image.borrow().clone();
+        async move { Ok(img) }.boxed()
+    }
+
     fn session(&self) -> &Arc<Session> {
         &self.session
     }

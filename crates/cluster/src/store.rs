@@ -64,6 +64,10 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     fn image(&self) -> Arc<ClusterImage> {
         self.subscribe().borrow().clone()
     }
+    /// The image as of now, read from the store itself rather than from
+    /// the (possibly lagging) watch: for decisions that must not miss a
+    /// change another broker just made.
+    fn fresh_image(&self) -> BoxFuture<'_, Result<Arc<ClusterImage>>>;
     /// This broker's registration and roles.
     fn session(&self) -> &Arc<Session>;
     /// Applies `ops` atomically if `fence` holds and every op's expectation

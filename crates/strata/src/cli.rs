@@ -99,6 +99,12 @@ pub(crate) enum GroupCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub(crate) enum ClusterCommand {
+    /// Brokers, the controller, and each partition's leader, replicas and ISR.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
 pub(crate) enum TierCommand {
     /// The object store, the cold cache and every tiered partition.
     Status,
@@ -363,6 +369,89 @@ pub(crate) fn group(t: &Target, cmd: GroupCommand) -> Result<()> {
                     .collect(),
             );
         }
+        Ok(())
+    })
+}
+
+fn ids(v: &Value) -> String {
+    let list: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+    list.join(",")
+}
+
+pub(crate) fn cluster(t: &Target, cmd: ClusterCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        let c = Client::new(t);
+        let ClusterCommand::Status = cmd;
+        let v = c.call(reqwest::Method::GET, "/cluster", None).await?;
+        if t.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        println!(
+            "cluster {} ({}), metadata in {}; controller: broker {}; asked broker {}",
+            s(&v["cluster_id"]),
+            s(&v["mode"]),
+            s(&v["metadata"]),
+            s(&v["controller"]),
+            s(&v["this_broker"])
+        );
+        let controller = v["controller"].clone();
+        table(
+            &["BROKER", "HOST", "PORT", "RACK", "EPOCH", "STATE"],
+            v["brokers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let state = if b["shutting_down"].as_bool() == Some(true) {
+                        "shutting down"
+                    } else if b["id"] == controller {
+                        "controller"
+                    } else {
+                        "up"
+                    };
+                    vec![
+                        s(&b["id"]),
+                        s(&b["host"]),
+                        s(&b["port"]),
+                        s(&b["rack"]),
+                        s(&b["epoch"]),
+                        state.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+        println!();
+        let mut rows = Vec::new();
+        for topic in v["topics"].as_array().into_iter().flatten() {
+            for p in topic["partitions"].as_array().into_iter().flatten() {
+                let leader = match p["leader"].as_i64() {
+                    Some(-1) | None => "none (offline)".to_string(),
+                    Some(l) => l.to_string(),
+                };
+                rows.push(vec![
+                    s(&topic["name"]),
+                    s(&p["partition"]),
+                    leader,
+                    s(&p["leader_epoch"]),
+                    ids(&p["replicas"]),
+                    ids(&p["isr"]),
+                    ids(&p["offline_replicas"]),
+                ]);
+            }
+        }
+        table(
+            &[
+                "TOPIC",
+                "PARTITION",
+                "LEADER",
+                "EPOCH",
+                "REPLICAS",
+                "ISR",
+                "OFFLINE",
+            ],
+            rows,
+        );
         Ok(())
     })
 }

@@ -55,6 +55,14 @@ enum Command {
         #[command(subcommand)]
         command: cli::GroupCommand,
     },
+    /// The cluster: brokers, controller and partition leadership, through a
+    /// running broker's admin API.
+    Cluster {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        command: cli::ClusterCommand,
+    },
     /// The object tier, through a running broker's admin API.
     Tier {
         #[command(flatten)]
@@ -104,6 +112,14 @@ struct ServeArgs {
     /// directory under the data directory].
     #[arg(long)]
     object_store: Option<String>,
+    /// This broker's id in a cluster (cluster.broker_id) [default: the host
+    /// name's ordinal, `strata-2` is 2].
+    #[arg(long)]
+    broker_id: Option<i32>,
+    /// etcd endpoints of the cluster, comma-separated (cluster.etcd_endpoints);
+    /// without them the broker runs alone.
+    #[arg(long)]
+    etcd_endpoints: Option<String>,
 }
 
 impl ServeArgs {
@@ -115,6 +131,8 @@ impl ServeArgs {
             advertised_listener: self.advertised_listener.clone(),
             http_listen: self.http_listen.clone(),
             object_store: self.object_store.clone(),
+            broker_id: self.broker_id,
+            etcd_endpoints: self.etcd_endpoints.clone(),
         }
     }
 }
@@ -125,6 +143,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Topic { target, command } => cli::topic(&target, command),
         Command::Group { target, command } => cli::group(&target, command),
+        Command::Cluster { target, command } => cli::cluster(&target, command),
         Command::Tier { target, command } => cli::tier(&target, command),
         Command::Lake { target, command } => cli::lake(&target, command),
         Command::Config(ConfigCommand::Defaults) => {
@@ -204,11 +223,24 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     ));
     println!("http listening on {http_addr}");
 
+    // Other brokers reach this one's HTTP API on the advertised host.
+    let http_host = if http_addr.ip().is_unspecified() {
+        adv_host.clone()
+    } else {
+        http_addr.ip().to_string()
+    };
+    let endpoints = strata_broker::Endpoints {
+        host: adv_host.clone(),
+        port: adv_port,
+        http: format!("{http_host}:{}", http_addr.port()),
+        // Outgoing connections leave from the listener's own address, so a
+        // firewall rule on that address cuts exactly this broker off.
+        bind: (!kafka_addr.ip().is_unspecified()).then(|| kafka_addr.ip()),
+    };
     let data_dir = config.data_dir.clone();
-    let broker = Broker::start(config)
+    let broker = Broker::start(config, endpoints)
         .await
         .with_context(|| format!("cannot start on data directory {}", data_dir.display()))?;
-    broker.set_advertised(adv_host.clone(), adv_port);
     admin.set_broker(broker.clone());
 
     let shutdown = CancellationToken::new();
@@ -221,8 +253,11 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     info!(kafka = %kafka_addr, advertised = %format!("{adv_host}:{adv_port}"), http = %http_addr, data_dir = %data_dir.display(), "strata is serving");
 
     wait_for_signal().await;
-    info!("shutting down: finishing in-flight requests");
     admin.set_stopping();
+    // Controlled shutdown: leaderships move to other brokers while this one
+    // still serves, so clients are redirected rather than refused.
+    broker.controlled_shutdown().await;
+    info!("shutting down: finishing in-flight requests");
     shutdown.cancel();
     if let Err(e) = kafka_task.await {
         warn!(error = %e, "kafka listener task failed");
@@ -234,6 +269,7 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     strata_broker::tiering::flush_to_tier(&broker, deadline).await;
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.close()).await?;
+    broker.leave_cluster().await;
     http_shutdown.cancel();
     let _ = http_task.await;
     info!("shutdown complete");

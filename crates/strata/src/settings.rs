@@ -24,6 +24,8 @@ pub(crate) struct Overrides {
     pub(crate) advertised_listener: Option<String>,
     pub(crate) http_listen: Option<String>,
     pub(crate) object_store: Option<String>,
+    pub(crate) broker_id: Option<i32>,
+    pub(crate) etcd_endpoints: Option<String>,
 }
 
 const ENV_PREFIX: &str = "STRATA_";
@@ -72,6 +74,12 @@ pub(crate) fn load(
     }
     if let Some(v) = &flags.object_store {
         set(&["tier", "object_store"], Value::String(v.clone()));
+    }
+    if let Some(v) = flags.broker_id {
+        set(&["cluster", "broker_id"], Value::Integer(v.into()));
+    }
+    if let Some(v) = &flags.etcd_endpoints {
+        set(&["cluster", "etcd_endpoints"], list(v));
     }
     let config: BrokerConfig = table.try_into().context("invalid configuration")?;
     config
@@ -150,9 +158,22 @@ fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>)
     Ok(())
 }
 
-/// Reads `raw` as a value of the same TOML type as `like`.
+/// A comma-separated list (`a,b,c`) as a TOML array of strings.
+fn list(raw: &str) -> Value {
+    Value::Array(
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Value::String(s.to_string()))
+            .collect(),
+    )
+}
+
+/// Reads `raw` as a value of the same TOML type as `like`; a list is
+/// comma-separated.
 fn typed_value(raw: &str, like: &Value) -> Result<Value> {
     Ok(match like {
+        Value::Array(_) => list(raw),
         Value::String(_) => Value::String(raw.to_string()),
         Value::Integer(_) => Value::Integer(
             raw.trim()
@@ -246,6 +267,38 @@ mod tests {
         assert_eq!(c.log.segment_bytes, 2_097_152);
         assert_eq!(c.log.flush, strata_broker::FlushPolicy::Os);
         assert_eq!(c.tier.object_store, "memory://");
+    }
+
+    #[test]
+    fn cluster_keys_come_from_the_environment_and_flags() {
+        let c = load(
+            &Overrides::default(),
+            env(&[
+                (
+                    "STRATA_CLUSTER__ETCD_ENDPOINTS",
+                    "http://127.0.0.1:2379, http://127.0.0.2:2379",
+                ),
+                ("STRATA_CLUSTER__BROKER_ID", "2"),
+                ("STRATA_CLUSTER__SESSION_TIMEOUT_MS", "6000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.etcd_endpoints,
+            vec!["http://127.0.0.1:2379", "http://127.0.0.2:2379"]
+        );
+        assert_eq!(
+            (c.cluster.broker_id, c.cluster.session_timeout_ms),
+            (2, 6000)
+        );
+        let flags = Overrides {
+            broker_id: Some(5),
+            etcd_endpoints: Some("http://10.0.0.1:2379".into()),
+            ..Overrides::default()
+        };
+        let c = load(&flags, env(&[("STRATA_CLUSTER__BROKER_ID", "2")])).unwrap();
+        assert_eq!(c.cluster.broker_id, 5, "the flag wins");
+        assert_eq!(c.cluster.etcd_endpoints, vec!["http://10.0.0.1:2379"]);
     }
 
     #[test]

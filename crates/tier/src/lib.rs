@@ -20,6 +20,14 @@
 //! - Manifests are committed with a conditional put on the version read, so
 //!   two writers cannot silently overwrite each other; a lost race re-reads and
 //!   retries.
+//! - Only a partition's leader writes its manifest, and it writes it with its
+//!   leader epoch. Before its first upload or retention pass a new leader
+//!   claims the manifest (a conditional write of its epoch), so a deposed
+//!   leader's next commit meets a newer version, re-reads, finds a newer
+//!   epoch and stops ([`Error::Fenced`]). Cleaning up after crashes (uploads
+//!   never committed, deletions never finished) happens at the claim, by the
+//!   leader only: a broker that merely reads a manifest deletes nothing
+//!   another broker may be writing.
 //!
 //! # Crash consistency
 //! - Object keys are deterministic (`{base:020}-{next:020}`), so a retried
@@ -93,6 +101,17 @@ pub enum Error {
         /// The manifest key.
         key: String,
     },
+    /// The manifest was written by a newer leader: this broker no longer
+    /// leads the partition and must not write its manifest.
+    #[error("manifest {key} belongs to leader epoch {theirs}; this broker writes as epoch {ours}")]
+    Fenced {
+        /// The manifest key.
+        key: String,
+        /// The epoch this broker writes as.
+        ours: i32,
+        /// The epoch in the manifest.
+        theirs: i32,
+    },
     /// The configuration cannot work.
     #[error("object tier configuration: {0}")]
     Config(String),
@@ -125,7 +144,10 @@ impl Error {
                     | object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }
             ),
-            Error::Corrupt { .. } | Error::Config(_) | Error::OffsetNotRemote { .. } => true,
+            Error::Corrupt { .. }
+            | Error::Config(_)
+            | Error::OffsetNotRemote { .. }
+            | Error::Fenced { .. } => true,
             Error::Timeout { .. } | Error::Conflict { .. } | Error::Io(_) => false,
         }
     }

@@ -16,7 +16,9 @@
 //!   offset when none is held);
 //! - `generation` grows by one on every commit;
 //! - `pending_deletes` names objects no longer referenced whose deletion may
-//!   not have completed.
+//!   not have completed;
+//! - `leader_epoch` is the epoch of the partition leader that wrote it last;
+//!   a writer with an older epoch (a deposed leader) must not commit.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -94,6 +96,10 @@ pub struct PartitionManifest {
     /// Keys removed from the manifest whose objects may still exist.
     #[serde(default)]
     pub pending_deletes: Vec<String>,
+    /// Leader epoch of the broker that committed it (0 in manifests written
+    /// before epochs were recorded).
+    #[serde(default)]
+    pub leader_epoch: i32,
 }
 
 /// Where a segment is.
@@ -127,6 +133,7 @@ impl PartitionManifest {
             chunks: Vec::new(),
             segments: Vec::new(),
             pending_deletes: Vec::new(),
+            leader_epoch: 0,
         }
     }
 

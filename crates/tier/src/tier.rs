@@ -196,6 +196,8 @@ pub struct RemotePartition {
     next_attempt: Mutex<Option<Instant>>,
     /// Keys in `pending_deletes` known to be deleted; the next commit drops them.
     deleted: Mutex<std::collections::HashSet<String>>,
+    /// The leader epoch this broker has claimed the manifest with.
+    claimed: Mutex<Option<i32>>,
 }
 
 impl std::fmt::Debug for RemotePartition {
@@ -471,32 +473,6 @@ impl Tier {
                 None,
             ),
         };
-        // Uploads that never made it into the manifest.
-        let from =
-            keys::segments_from(&id.topic, id.topic_id, id.partition, manifest.next_offset());
-        let dir = keys::segments_dir(&id.topic, id.topic_id, id.partition);
-        let leftovers: Vec<Path> = self
-            .remote
-            .list(&dir, Some(&from))
-            .await?
-            .into_iter()
-            .map(|o| o.location)
-            .filter(|k| keys::segment_base(k).is_some_and(|b| b >= manifest.next_offset()))
-            .collect();
-        if !leftovers.is_empty() {
-            info!(topic = %id.topic, partition = id.partition, objects = leftovers.len(), "deleting objects of uploads that were never committed");
-            self.remote.delete(&leftovers).await?;
-        }
-        let pending: Vec<Path> = manifest
-            .pending_deletes
-            .iter()
-            .map(|k| Path::from(k.as_str()))
-            .collect();
-        if !pending.is_empty() {
-            info!(topic = %id.topic, partition = id.partition, objects = pending.len(), "finishing deletions of expired objects");
-            self.remote.delete(&pending).await?;
-        }
-        let deleted = manifest.pending_deletes.iter().cloned().collect();
         debug!(
             topic = %id.topic,
             partition = id.partition,
@@ -511,8 +487,102 @@ impl Tier {
             writer: tokio::sync::Mutex::new(version),
             status: Mutex::new(OffloadStatus::default()),
             next_attempt: Mutex::new(None),
-            deleted: Mutex::new(deleted),
+            deleted: Mutex::new(Default::default()),
+            claimed: Mutex::new(None),
         }))
+    }
+
+    /// Claims the manifest of a partition this broker now leads (see
+    /// [`Tier::claim`]): called when leadership arrives, so a deposed leader
+    /// is fenced before the new leader's first upload rather than at it.
+    pub async fn take_leadership(&self, local: &dyn LocalPartition) -> Result<()> {
+        let rp = self.partition(&local.id()).await?;
+        self.claim(&rp, local.leader_epoch()).await
+    }
+
+    /// Makes this broker, leading the partition at `epoch`, the manifest's
+    /// writer: a manifest of an older epoch is rewritten with this one (so a
+    /// deposed leader's next commit fails), one of a newer epoch means this
+    /// broker was deposed ([`Error::Fenced`]). Then cleans up what crashes
+    /// left: objects of uploads never committed (at or beyond the manifest's
+    /// end) and deletions never finished. Only a leader does this, so no
+    /// object another broker is still writing is deleted from under it.
+    async fn claim(&self, rp: &RemotePartition, epoch: i32) -> Result<()> {
+        if *rp.claimed.lock().expect("claim lock") == Some(epoch) {
+            return Ok(());
+        }
+        let id = &rp.id;
+        let key = id.manifest_key();
+        let mut version = rp.writer.lock().await;
+        for _attempt in 0..5 {
+            let (mut m, v) = match self.remote.get_opt(&key).await? {
+                Some((bytes, v)) => (
+                    serde_json::from_slice::<PartitionManifest>(&bytes).map_err(|e| {
+                        Error::Corrupt {
+                            key: key.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?,
+                    Some(v),
+                ),
+                None => (
+                    PartitionManifest::new(&id.topic, id.topic_id, id.partition),
+                    None,
+                ),
+            };
+            *version = v;
+            if m.leader_epoch > epoch {
+                rp.set_manifest(m.clone());
+                return Err(Error::Fenced {
+                    key: key.to_string(),
+                    ours: epoch,
+                    theirs: m.leader_epoch,
+                });
+            }
+            if m.leader_epoch < epoch && version.is_some() {
+                m.leader_epoch = epoch;
+                m.generation += 1;
+                let bytes = Bytes::from(serde_json::to_vec(&m).expect("manifest serializes"));
+                match self.remote.put_if(&key, bytes, version.clone()).await {
+                    Ok(v) => *version = v,
+                    Err(Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                m.leader_epoch = epoch;
+            }
+            rp.set_manifest(m);
+            break;
+        }
+        let m = rp.manifest();
+        if m.leader_epoch != epoch {
+            return Err(Error::Conflict {
+                key: key.to_string(),
+            });
+        }
+        drop(version);
+        // Uploads that never made it into the manifest.
+        let from = keys::segments_from(&id.topic, id.topic_id, id.partition, m.next_offset());
+        let dir = keys::segments_dir(&id.topic, id.topic_id, id.partition);
+        let leftovers: Vec<Path> = self
+            .remote
+            .list(&dir, Some(&from))
+            .await?
+            .into_iter()
+            .map(|o| o.location)
+            .filter(|k| keys::segment_base(k).is_some_and(|b| b >= m.next_offset()))
+            .collect();
+        if !leftovers.is_empty() {
+            info!(topic = %id.topic, partition = id.partition, objects = leftovers.len(), "deleting objects of uploads that were never committed");
+            self.remote.delete(&leftovers).await?;
+        }
+        if !m.pending_deletes.is_empty() {
+            info!(topic = %id.topic, partition = id.partition, objects = m.pending_deletes.len(), "finishing deletions of expired objects");
+        }
+        self.finish_deletes(rp).await?;
+        *rp.claimed.lock().expect("claim lock") = Some(epoch);
+        debug!(topic = %id.topic, partition = id.partition, epoch, "manifest claimed");
+        Ok(())
     }
 
     /// A sealed manifest chunk.
@@ -660,6 +730,14 @@ impl Tier {
                         })?;
                     *version = Some(v);
                     rp.set_manifest(theirs.clone());
+                    if theirs.leader_epoch > next.leader_epoch {
+                        *rp.claimed.lock().expect("claim lock") = None;
+                        return Err(Error::Fenced {
+                            key: key.to_string(),
+                            ours: next.leader_epoch,
+                            theirs: theirs.leader_epoch,
+                        });
+                    }
                     match rebase(theirs)? {
                         Some(m) => next = m,
                         None => return Ok(()),
@@ -678,6 +756,7 @@ impl Tier {
     pub async fn offload(&self, local: &dyn LocalPartition) -> Result<usize> {
         let id = local.id();
         let rp = self.partition(&id).await?;
+        self.claim(&rp, local.leader_epoch()).await?;
         let mut uploaded = 0usize;
         let mut bytes = 0u64;
         for seg in local.closed_segments() {
@@ -837,6 +916,7 @@ impl Tier {
         }
         let id = local.id();
         let rp = self.partition(&id).await?;
+        self.claim(&rp, local.leader_epoch()).await?;
         self.finish_deletes(&rp).await?;
         if rp.manifest().is_empty() {
             return Ok(0);
@@ -974,11 +1054,36 @@ impl Tier {
         Ok(objects.len())
     }
 
+    /// Forgets the remote state of a topic another broker deleted.
+    pub fn forget_topic(&self, topic_id: Uuid) {
+        self.partitions
+            .lock()
+            .expect("partitions lock")
+            .retain(|(id, _), _| *id != topic_id);
+    }
+
+    /// The topic directories in the object tier (for garbage collection: list
+    /// first, then read which topics exist).
+    pub async fn list_topic_dirs(&self) -> Result<Vec<Path>> {
+        self.remote.list_dirs(&Path::from(keys::TOPICS)).await
+    }
+
     /// Deletes the objects of topics that no longer exist (a crash during a
     /// topic deletion). `live` lists every existing topic incarnation.
     pub async fn collect_garbage(&self, live: &[(String, Uuid)]) -> Result<usize> {
+        let listed = self.list_topic_dirs().await?;
+        self.collect_garbage_in(listed, live).await
+    }
+
+    /// Deletes the objects under the `listed` topic directories whose topic
+    /// incarnation is not `live`. The listing must be older than `live`.
+    pub async fn collect_garbage_in(
+        &self,
+        listed: Vec<Path>,
+        live: &[(String, Uuid)],
+    ) -> Result<usize> {
         let mut deleted = 0;
-        for dir in self.remote.list_dirs(&Path::from(keys::TOPICS)).await? {
+        for dir in listed {
             let probe = format!("{dir}/x");
             let Some((topic, id)) = keys::topic_of(&probe).map(|(t, i)| (t.to_string(), i)) else {
                 continue;

@@ -22,6 +22,7 @@ struct Local {
     id: PartitionId,
     log: Mutex<Log>,
     retention: Mutex<RetentionPolicy>,
+    epoch: std::sync::atomic::AtomicI32,
 }
 
 impl LocalPartition for Local {
@@ -53,7 +54,7 @@ impl LocalPartition for Local {
         self.log.lock().unwrap().producer_snapshot_at(offset)
     }
     fn leader_epoch(&self) -> i32 {
-        0
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn retention(&self) -> RetentionPolicy {
         *self.retention.lock().unwrap()
@@ -124,6 +125,7 @@ fn setup(
                 retention_bytes: -1,
                 keep_from: None,
             }),
+            epoch: Default::default(),
         }),
         _dir: dir,
     }
@@ -232,12 +234,19 @@ async fn a_crash_between_upload_and_commit_leaves_nothing_behind() {
                     .unwrap();
             }
         }
+        // An upload beyond anything the log will write again.
+        let stray = keys::segment_log(&id.topic, id.topic_id, id.partition, 1 << 40, (1 << 40) + 9);
+        s.store
+            .put(&stray, bytes::Bytes::from_static(b"partial").into())
+            .await
+            .unwrap();
         let t = tier(&s, data.path());
         t.partition(id).await.unwrap();
         let dir = keys::segments_dir(&id.topic, id.topic_id, id.partition);
-        assert!(
-            keys_under(&s.store, &dir).await.is_empty(),
-            "leftovers deleted on load"
+        assert_eq!(
+            keys_under(&s.store, &dir).await.len(),
+            3,
+            "a broker that only reads the manifest deletes nothing"
         );
         t.offload(s.local.as_ref()).await.unwrap();
         let after = keys_under(&s.store, &dir).await;
@@ -266,9 +275,10 @@ async fn a_second_writer_is_detected_and_nothing_is_recorded_twice() {
         let data = tempfile::tempdir().unwrap();
         let a = tier(&s, data.path());
         let b = tier(&s, tempfile::tempdir().unwrap().path());
-        // Both load the empty manifest; a uploads first, b then commits on top.
-        a.partition(&s.local.id).await.unwrap();
-        b.partition(&s.local.id).await.unwrap();
+        // Both claim the empty manifest at the same epoch; a uploads first,
+        // b then commits on top.
+        a.take_leadership(s.local.as_ref()).await.unwrap();
+        b.take_leadership(s.local.as_ref()).await.unwrap();
         let n = a.offload(s.local.as_ref()).await.unwrap();
         assert!(n > 0);
         // b re-uploads the first segment (same key, same bytes), loses the
@@ -479,5 +489,53 @@ async fn concurrent_writers_never_lose_or_duplicate_a_commit() {
         let bases: Vec<i64> = m.segments.iter().map(|x| x.base_offset).collect();
         let want: Vec<i64> = closed.iter().map(|x| x.base_offset).collect();
         assert_eq!(bases, want);
+    }
+}
+
+/// Two brokers' tiers over one bucket, as after a leader change: the new
+/// leader (epoch 2) claims the manifest, and the deposed one (epoch 1),
+/// still uploading from its stale view, is fenced instead of overwriting it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposed_leader_cannot_commit_the_manifest() {
+    use std::sync::atomic::Ordering;
+    for (backend, store) in backends().await {
+        eprintln!("backend: {backend}");
+        let s = setup(store.clone(), 64 << 10, 300, 250);
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (old, new) = (tier(&s, da.path()), tier(&s, db.path()));
+        s.local.epoch.store(1, Ordering::SeqCst);
+        let first = old.offload(s.local.as_ref()).await.unwrap();
+        assert!(first > 0);
+        let append = |n: usize| {
+            let mut log = s.local.log.lock().unwrap();
+            for i in 0..n {
+                let mut b = batch(4, 250, 2_000_000 + i as i64);
+                log.append(&mut b, 0, 0).unwrap();
+            }
+        };
+        append(100);
+        s.local.epoch.store(2, Ordering::SeqCst);
+        assert!(new.offload(s.local.as_ref()).await.unwrap() > 0);
+        let end = new.partition(&s.local.id).await.unwrap().next_offset();
+        append(100);
+        s.local.epoch.store(1, Ordering::SeqCst);
+        let err = old.offload(s.local.as_ref()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                strata_tier::Error::Fenced {
+                    ours: 1,
+                    theirs: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The new leader's manifest stands and it goes on uploading.
+        let t = tier(&s, tempfile::tempdir().unwrap().path());
+        let m = t.partition(&s.local.id).await.unwrap().manifest();
+        assert_eq!((m.leader_epoch, m.next_offset()), (2, end));
+        s.local.epoch.store(2, Ordering::SeqCst);
+        assert!(new.offload(s.local.as_ref()).await.unwrap() > 0);
     }
 }

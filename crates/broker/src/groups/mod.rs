@@ -52,6 +52,14 @@ pub struct GroupConfig {
     pub offset_metadata_max_bytes: usize,
     /// Resolution of session and rebalance timeouts.
     pub tick_interval_ms: u64,
+    /// In a cluster, partitions of the internal `__consumer_offsets` topic;
+    /// a group's coordinator is the leader of the partition its id hashes to
+    /// [`offsets.topic.num.partitions`].
+    pub offsets_topic_num_partitions: i32,
+    /// In a cluster, the replication factor of `__consumer_offsets` (at most
+    /// the brokers registered when it is created)
+    /// [`offsets.topic.replication.factor`].
+    pub offsets_topic_replication_factor: i16,
 }
 
 impl Default for GroupConfig {
@@ -64,6 +72,8 @@ impl Default for GroupConfig {
             initial_rebalance_delay_ms: 3_000,
             offset_metadata_max_bytes: 4096,
             tick_interval_ms: 100,
+            offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: 3,
         }
     }
 }
@@ -79,6 +89,12 @@ impl GroupConfig {
         {
             return Err(
                 "groups: need 1 <= min_session_timeout_ms <= max_session_timeout_ms".into(),
+            );
+        }
+        if self.offsets_topic_num_partitions < 1 || self.offsets_topic_replication_factor < 1 {
+            return Err(
+                "groups: offsets_topic_num_partitions and offsets_topic_replication_factor must be >= 1"
+                    .into(),
             );
         }
         if self.initial_rebalance_delay_ms < 0 {

@@ -36,7 +36,7 @@ pub(super) fn topic_config_type(name: &str) -> i8 {
         | "lake.value.schema"
         | "lake.value.schema.file" => TYPE_STRING,
         "index.interval.bytes" | "max.message.bytes" | "segment.bytes" => TYPE_INT,
-        "remote.storage.enable" | "lake.enable" => TYPE_BOOLEAN,
+        "remote.storage.enable" | "lake.enable" | "unclean.leader.election.enable" => TYPE_BOOLEAN,
         _ => TYPE_LONG,
     }
 }
@@ -190,6 +190,7 @@ pub(super) fn broker_configs_are_static() -> ApiError {
 pub(super) async fn alter_configs(
     broker: &Arc<Broker>,
     req: AlterConfigsRequest,
+    forward: bool,
 ) -> AlterConfigsResponse {
     let mut resp = AlterConfigsResponse::default();
     for res in req.resources {
@@ -209,7 +210,7 @@ pub(super) async fn alter_configs(
                             .map(|c| (&c.name, c.value.as_ref())),
                     )?;
                     broker
-                        .set_topic_configs(&res.resource_name, configs, req.validate_only)
+                        .set_topic_configs(&res.resource_name, configs, req.validate_only, forward)
                         .await
                 }
                 RESOURCE_BROKER => Err(broker_configs_are_static()),
@@ -237,6 +238,7 @@ pub(super) const OP_SUBTRACT: i8 = 3;
 pub(super) async fn incremental_alter_configs(
     broker: &Arc<Broker>,
     req: IncrementalAlterConfigsRequest,
+    forward: bool,
 ) -> IncrementalAlterConfigsResponse {
     let mut resp = IncrementalAlterConfigsResponse::default();
     for res in req.resources {
@@ -289,7 +291,7 @@ pub(super) async fn incremental_alter_configs(
                     }
                     let configs = TopicConfig::from_pairs(map.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                         .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
-                    broker.set_topic_configs(&res.resource_name, configs, req.validate_only).await
+                    broker.set_topic_configs(&res.resource_name, configs, req.validate_only, forward).await
                 }
                 RESOURCE_BROKER => Err(broker_configs_are_static()),
                 other => Err(ApiError::new(ResponseError::InvalidRequest, format!("resource type {other} has no configs"))),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    fetch_response::{FetchableTopicResponse, PartitionData},
-    FetchRequest, FetchResponse, ResponseKind,
+    fetch_response::{FetchableTopicResponse, NodeEndpoint, PartitionData},
+    BrokerId, FetchRequest, FetchResponse, ResponseKind,
 };
 use kafka_protocol::ResponseError;
 use tracing::{debug, warn};
@@ -14,8 +14,7 @@ use tracing::{debug, warn};
 use crate::error::ApiError;
 use crate::state::{Broker, Partition};
 
-use super::Reply;
-use super::{resolve_partition, resolve_topic};
+use super::{leader_hint, leader_partition, resolve_topic, sb, Reply};
 
 pub(super) struct FetchTarget {
     topic: usize,
@@ -39,14 +38,20 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
     let mut targets = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
         let topic = resolve_topic(broker, &t.topic.0, t.topic_id, by_id);
-        topics.push((t.topic.clone(), t.topic_id));
+        let id = topic.as_ref().map_or(t.topic_id, |t| t.id);
+        topics.push((t.topic.clone(), t.topic_id, id));
         for p in &t.partitions {
+            let epoch = if version >= 9 {
+                p.current_leader_epoch
+            } else {
+                -1
+            };
             targets.push(FetchTarget {
                 topic: ti,
                 index: p.partition,
                 partition: topic
                     .clone()
-                    .and_then(|topic| resolve_partition(&topic, p.partition)),
+                    .and_then(|topic| leader_partition(&topic, p.partition, epoch)),
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
             });
@@ -82,14 +87,29 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
                 resp.session_id = 0;
                 resp.responses = topics
                     .iter()
-                    .map(|(name, id)| {
+                    .map(|(name, id, _)| {
                         let mut tr = FetchableTopicResponse::default();
                         tr.topic = name.clone();
                         tr.topic_id = *id;
                         tr
                     })
                     .collect();
-                for (ti, pd) in parts {
+                let img = broker.image();
+                let mut hinted = std::collections::BTreeSet::new();
+                for (ti, mut pd) in parts {
+                    let moved = [
+                        ResponseError::NotLeaderOrFollower.code(),
+                        ResponseError::FencedLeaderEpoch.code(),
+                    ];
+                    if version >= 12 && moved.contains(&pd.error_code) {
+                        if let Some((leader, epoch)) =
+                            leader_hint(&img, topics[ti].2, pd.partition_index)
+                        {
+                            pd.current_leader.leader_id = BrokerId(leader);
+                            pd.current_leader.leader_epoch = epoch;
+                            hinted.insert(leader);
+                        }
+                    }
                     let n = pd.records.as_ref().map_or(0, |r| r.len());
                     if n > 0 {
                         let topic = resp.responses[ti].topic.0.to_string();
@@ -97,6 +117,20 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
                             .increment(n as u64);
                     }
                     resp.responses[ti].partitions.push(pd);
+                }
+                if version >= 16 {
+                    resp.node_endpoints = hinted
+                        .into_iter()
+                        .filter_map(|id| img.brokers.get(&id))
+                        .map(|b| {
+                            let mut n = NodeEndpoint::default();
+                            n.node_id = BrokerId(b.id);
+                            n.host = sb(b.host.clone());
+                            n.port = b.port;
+                            n.rack = b.rack.clone().map(sb);
+                            n
+                        })
+                        .collect();
                 }
                 return ResponseKind::Fetch(resp);
             }
@@ -214,6 +248,10 @@ pub(super) fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<
         pd.aborted_transactions = None;
         let mut cold: Option<(Arc<Partition>, usize)> = None;
         let result = t.partition.clone().and_then(|p| {
+            // Leadership can move during a long poll.
+            if !p.is_leader() {
+                return Err(crate::error::not_leader(&p));
+            }
             let offsets = p.offsets();
             pd.high_watermark = offsets.high_watermark;
             pd.last_stable_offset = offsets.high_watermark;

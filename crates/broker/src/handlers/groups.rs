@@ -46,36 +46,49 @@ fn code(r: Result<(), ResponseError>) -> i16 {
 
 const KEY_TYPE_GROUP: i8 = 0;
 
-/// FindCoordinator: this broker coordinates every group. Transactions are
-/// not supported, so transaction coordinator lookups get an error.
-pub(crate) fn find_coordinator(
-    broker: &Broker,
+/// FindCoordinator: this broker when alone; in a cluster the leader of the
+/// group's `__consumer_offsets` partition. Transactions are not supported,
+/// so transaction coordinator lookups get an error.
+pub(crate) async fn find_coordinator(
+    broker: &Arc<Broker>,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = broker.advertised();
-    let answer = |key: StrBytes| {
+    let keys = if version >= 4 {
+        req.coordinator_keys.clone()
+    } else {
+        vec![req.key.clone()]
+    };
+    let mut answers = Vec::with_capacity(keys.len());
+    for key in keys {
         let mut c = Coordinator::default();
-        c.key = key;
+        c.node_id = BrokerId(-1);
+        c.port = -1;
         if req.key_type == KEY_TYPE_GROUP {
-            c.node_id = BrokerId(broker.node_id());
-            c.host = sb(host.clone());
-            c.port = port;
+            match broker.coordinator_for(&key).await {
+                Ok(b) => {
+                    c.node_id = BrokerId(b.id);
+                    c.host = sb(b.host);
+                    c.port = b.port;
+                }
+                Err(e) => {
+                    c.error_code = e.code();
+                    c.error_message = Some(sb(e.message));
+                }
+            }
         } else {
-            c.node_id = BrokerId(-1);
-            c.port = -1;
             c.error_code = ResponseError::CoordinatorNotAvailable.code();
             c.error_message = Some(sb(
                 "this broker coordinates consumer groups only; transactions and share groups are not supported",
             ));
         }
-        c
-    };
+        c.key = key;
+        answers.push(c);
+    }
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
-        resp.coordinators = req.coordinator_keys.into_iter().map(answer).collect();
-    } else {
-        let c = answer(req.key);
+        resp.coordinators = answers;
+    } else if let Some(c) = answers.pop() {
         resp.error_code = c.error_code;
         if version >= 1 {
             resp.error_message = c.error_message;
@@ -118,6 +131,12 @@ pub(crate) fn join_group(
     if group_id.is_empty() {
         return Reply::Now(ResponseKind::JoinGroup(join_response(
             join_error(ResponseError::InvalidGroupId, &join.member_id),
+            version,
+        )));
+    }
+    if let Err(e) = broker.check_coordinator(&group_id) {
+        return Reply::Now(ResponseKind::JoinGroup(join_response(
+            join_error(e, &join.member_id),
             version,
         )));
     }
@@ -182,6 +201,9 @@ pub(crate) fn sync_group(
     req: SyncGroupRequest,
 ) -> Reply {
     let version = ctx.version;
+    if let Err(e) = broker.check_coordinator(&req.group_id.0) {
+        return Reply::Now(ResponseKind::SyncGroup(sync_response(Err(e), version)));
+    }
     let assignments: Vec<(String, Bytes)> = req
         .assignments
         .iter()
@@ -221,6 +243,10 @@ fn sync_response(r: SyncResult, version: i16) -> SyncGroupResponse {
 /// Heartbeat.
 pub(crate) fn heartbeat(broker: &Broker, req: HeartbeatRequest) -> HeartbeatResponse {
     let mut resp = HeartbeatResponse::default();
+    if let Err(e) = broker.check_coordinator(&req.group_id.0) {
+        resp.error_code = e.code();
+        return resp;
+    }
     resp.error_code = code(broker.groups().heartbeat(
         &req.group_id.0,
         &req.member_id,
@@ -249,7 +275,17 @@ pub(crate) fn leave_group(
     } else {
         vec![(req.member_id.to_string(), None)]
     };
-    let errors = broker.groups().leave(&req.group_id.0, &members);
+    let errors = match broker.check_coordinator(&req.group_id.0) {
+        Ok(()) => broker.groups().leave(&req.group_id.0, &members),
+        Err(e) => {
+            if version < 3 {
+                let mut resp = LeaveGroupResponse::default();
+                resp.error_code = e.code();
+                return resp;
+            }
+            vec![Err(e); members.len()]
+        }
+    };
     let mut resp = LeaveGroupResponse::default();
     if version >= 3 {
         resp.members = members
@@ -274,6 +310,8 @@ pub(crate) fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> R
     let group_id = req.group_id.0.to_string();
     let group_error = if group_id.is_empty() {
         Err(ResponseError::InvalidGroupId)
+    } else if let Err(e) = broker.check_coordinator(&group_id) {
+        Err(e)
     } else {
         broker.groups().check_commit(
             &group_id,
@@ -296,10 +334,9 @@ pub(crate) fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> R
             let metadata = p.committed_metadata.as_deref().unwrap_or("").to_string();
             let error = if group_error.is_err() {
                 group_error
-            } else if topic
+            } else if !topic
                 .as_ref()
-                .and_then(|t| t.partition(p.partition_index))
-                .is_none()
+                .is_some_and(|t| (0..t.partition_count()).contains(&p.partition_index))
             {
                 Err(ResponseError::UnknownTopicOrPartition)
             } else if metadata.len() > max_metadata {
@@ -367,6 +404,11 @@ pub(crate) fn offset_fetch(
             });
             let mut gr = OffsetFetchResponseGroup::default();
             gr.group_id = g.group_id.clone();
+            if let Err(e) = broker.check_coordinator(&g.group_id.0) {
+                gr.error_code = e.code();
+                resp.groups.push(gr);
+                continue;
+            }
             let mut topics: Vec<OffsetFetchResponseTopics> = Vec::new();
             for (topic, partition, value) in lookup(&g.group_id.0, wanted) {
                 let mut pr = OffsetFetchResponsePartitions::default();
@@ -390,6 +432,10 @@ pub(crate) fn offset_fetch(
             gr.topics = topics;
             resp.groups.push(gr);
         }
+        return resp;
+    }
+    if let Err(e) = broker.check_coordinator(&req.group_id.0) {
+        resp.error_code = e.code();
         return resp;
     }
     let wanted = req.topics.map(|ts| {
@@ -455,6 +501,11 @@ pub(crate) fn describe_groups(
     for id in req.groups {
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
+        if let Err(e) = broker.check_coordinator(&id.0) {
+            g.error_code = e.code();
+            resp.groups.push(g);
+            continue;
+        }
         match broker.groups().describe(&id.0) {
             Some(d) => {
                 g.group_state = sb(d.state.name());
@@ -541,7 +592,11 @@ pub(crate) fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> R
                 .into_iter()
                 .map(|id| {
                     let mut r = kafka_protocol::messages::delete_groups_response::DeletableGroupResult::default();
-                    r.error_code = code(broker.groups().delete_group(&id.0));
+                    r.error_code = code(
+                        broker
+                            .check_coordinator(&id.0)
+                            .and_then(|()| broker.groups().delete_group(&id.0)),
+                    );
                     r.group_id = id;
                     r
                 })
@@ -570,7 +625,9 @@ pub(crate) fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> R
                 })
                 .collect();
             let mut resp = OffsetDeleteResponse::default();
-            let outcome = broker.groups().delete_offsets(&req.group_id.0, &partitions);
+            let outcome = broker
+                .check_coordinator(&req.group_id.0)
+                .and_then(|()| broker.groups().delete_offsets(&req.group_id.0, &partitions));
             if let Err(e) = &outcome {
                 resp.error_code = e.code();
             }
@@ -622,13 +679,12 @@ pub(crate) fn init_producer_id(broker: &Arc<Broker>, req: InitProducerIdRequest)
     }
     let broker = broker.clone();
     Reply::Later(Box::pin(async move {
-        match tokio::task::spawn_blocking(move || broker.next_producer_id()).await {
-            Ok(Ok(id)) => {
+        match broker.next_producer_id().await {
+            Ok(id) => {
                 resp.producer_id = ProducerId(id);
                 resp.producer_epoch = 0;
             }
-            Ok(Err(e)) => resp.error_code = e.code(),
-            Err(_) => resp.error_code = ResponseError::UnknownServerError.code(),
+            Err(e) => resp.error_code = e.code(),
         }
         ResponseKind::InitProducerId(resp)
     }))

@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::error::ApiError;
 use crate::state::{Broker, Partition};
 
-use super::resolve_partition;
+use super::leader_partition;
 
 pub(super) const LATEST: i64 = -1;
 pub(super) const EARLIEST: i64 = -2;
@@ -156,13 +156,18 @@ pub(super) async fn list_offsets(
         for p in &t.partitions {
             let mut pr = ListOffsetsPartitionResponse::default();
             pr.partition_index = p.partition_index;
+            let epoch = if version >= 4 {
+                p.current_leader_epoch
+            } else {
+                -1
+            };
             let part = topic
                 .clone()
-                .and_then(|topic| resolve_partition(&topic, p.partition_index));
+                .and_then(|topic| leader_partition(&topic, p.partition_index, epoch));
             let found = match part {
                 Ok(part) => lookup_offset(broker, &part, p.timestamp)
                     .await
-                    .map(|r| (r, part.leader_epoch)),
+                    .map(|r| (r, part.leader_epoch())),
                 Err(e) => Err(e),
             };
             match found {

@@ -1,4 +1,5 @@
-//! Metadata and DescribeCluster: brokers, the controller, topics and partition leaders.
+//! Metadata and DescribeCluster: brokers, the controller, topics and
+//! partition leaders, all from the cluster image.
 
 use std::sync::Arc;
 
@@ -8,42 +9,64 @@ use kafka_protocol::messages::{
     BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
 };
 use kafka_protocol::ResponseError;
+use strata_cluster::{ClusterImage, TopicRecord, NO_LEADER};
 use uuid::Uuid;
 
-use crate::state::{Broker, Partition, Topic};
-use crate::topic_config::TopicConfig;
+use crate::cluster::TopicSpec;
+use crate::state::Broker;
 
 use super::{sb, topic_name};
 
-pub(super) fn partition_metadata(broker: &Broker, p: &Partition) -> MetadataResponsePartition {
-    let node = BrokerId(broker.node_id());
+/// The internal topic of committed offsets and groups.
+pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+fn partition_metadata(
+    img: &ClusterImage,
+    t: &TopicRecord,
+    index: i32,
+) -> MetadataResponsePartition {
     let mut m = MetadataResponsePartition::default();
-    m.partition_index = p.index;
-    m.leader_id = node;
-    m.leader_epoch = p.leader_epoch;
-    m.replica_nodes = vec![node];
-    m.isr_nodes = vec![node];
+    m.partition_index = index;
+    match img.partition(t.id, index) {
+        Some(s) => {
+            let s = &s.value;
+            m.leader_id = BrokerId(s.leader);
+            m.leader_epoch = s.leader_epoch;
+            m.replica_nodes = s.replicas.iter().copied().map(BrokerId).collect();
+            m.isr_nodes = s.isr.iter().copied().map(BrokerId).collect();
+            m.offline_replicas = s
+                .replicas
+                .iter()
+                .copied()
+                .filter(|b| !img.is_live(*b))
+                .map(BrokerId)
+                .collect();
+            if s.leader == NO_LEADER {
+                m.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+        }
+        None => {
+            // Still being created.
+            m.leader_id = BrokerId(NO_LEADER);
+            m.leader_epoch = -1;
+            m.error_code = ResponseError::LeaderNotAvailable.code();
+        }
+    }
     m
 }
 
-pub(super) fn topic_metadata(broker: &Broker, t: &Topic) -> MetadataResponseTopic {
+fn topic_metadata(img: &ClusterImage, t: &TopicRecord) -> MetadataResponseTopic {
     let mut m = MetadataResponseTopic::default();
     m.name = Some(topic_name(&t.name));
     m.topic_id = t.id;
-    m.is_internal = false;
-    m.partitions = t
-        .partitions()
-        .iter()
-        .map(|p| partition_metadata(broker, p))
+    m.is_internal = t.name == OFFSETS_TOPIC;
+    m.partitions = (0..t.partitions)
+        .map(|i| partition_metadata(img, t, i))
         .collect();
     m
 }
 
-pub(super) fn topic_error(
-    name: Option<&str>,
-    id: Uuid,
-    code: ResponseError,
-) -> MetadataResponseTopic {
+fn topic_error(name: Option<&str>, id: Uuid, code: ResponseError) -> MetadataResponseTopic {
     let mut m = MetadataResponseTopic::default();
     m.name = name.map(topic_name);
     m.topic_id = id;
@@ -56,72 +79,84 @@ pub(super) async fn metadata(
     req: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let (host, port) = broker.advertised();
     let mut resp = MetadataResponse::default();
-    let mut b = MetadataResponseBroker::default();
-    b.node_id = BrokerId(broker.node_id());
-    b.host = sb(host);
-    b.port = port;
-    resp.brokers = vec![b];
-    resp.cluster_id = Some(sb(broker.cluster_id()));
-    resp.controller_id = BrokerId(broker.node_id());
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let all = match &req.topics {
         None => true,
         Some(t) => t.is_empty() && version == 0,
     };
+    let auto_create =
+        broker.config().auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let mut topics = Vec::new();
+    if !all {
+        for wanted in req.topics.unwrap_or_default() {
+            let name = wanted.name.as_ref().map(|n| n.0.to_string());
+            let img = broker.image();
+            let known = match &name {
+                Some(n) => img.topics.contains_key(n),
+                None => img.topic_by_id(wanted.topic_id).is_some(),
+            };
+            if let (Some(n), false, true) = (&name, known, auto_create) {
+                let spec = TopicSpec {
+                    name: n.clone(),
+                    partitions: -1,
+                    replication_factor: -1,
+                    ..TopicSpec::default()
+                };
+                match broker.create_topic(spec, false, true).await {
+                    Ok(_) => {}
+                    Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
+                    Err(e) => {
+                        topics.push(Err(topic_error(Some(n), Uuid::nil(), e.code)));
+                        continue;
+                    }
+                }
+            }
+            topics.push(Ok((name, wanted.topic_id)));
+        }
+    }
+    let img = broker.image();
+    resp.brokers = img
+        .brokers
+        .values()
+        .map(|b| {
+            let mut m = MetadataResponseBroker::default();
+            m.node_id = BrokerId(b.id);
+            m.host = sb(b.host.clone());
+            m.port = b.port;
+            m.rack = b.rack.clone().map(sb);
+            m
+        })
+        .collect();
+    resp.cluster_id = Some(sb(broker.cluster_id()));
+    resp.controller_id = BrokerId(img.controller.map_or(-1, |c| c.broker_id));
     if all {
-        resp.topics = broker
-            .topics()
-            .iter()
-            .map(|t| topic_metadata(broker, t))
+        resp.topics = img
+            .topics
+            .values()
+            .map(|t| topic_metadata(&img, t))
             .collect();
         return resp;
     }
-    let auto_create =
-        broker.config().auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
-    for wanted in req.topics.unwrap_or_default() {
-        let entry = match wanted.name.as_ref().map(|n| n.0.to_string()) {
-            Some(name) => match broker.topic(&name) {
-                Some(t) => topic_metadata(broker, &t),
-                None if auto_create => {
-                    match broker
-                        .create_topic(
-                            &name,
-                            broker.config().default_partitions,
-                            TopicConfig::default(),
-                            false,
-                        )
-                        .await
-                    {
-                        Ok(t) => topic_metadata(broker, &t),
-                        Err(e) if e.code == ResponseError::TopicAlreadyExists => broker
-                            .topic(&name)
-                            .map(|t| topic_metadata(broker, &t))
-                            .unwrap_or_else(|| {
-                                topic_error(
-                                    Some(&name),
-                                    Uuid::nil(),
-                                    ResponseError::LeaderNotAvailable,
-                                )
-                            }),
-                        Err(e) => topic_error(Some(&name), Uuid::nil(), e.code),
-                    }
-                }
+    for entry in topics {
+        resp.topics.push(match entry {
+            Err(e) => e,
+            Ok((Some(name), _)) => match img.topics.get(&name) {
+                Some(t) => topic_metadata(&img, t),
                 None => {
                     let code = match crate::state::validate_topic_name(&name) {
+                        Ok(()) if auto_create => ResponseError::LeaderNotAvailable,
                         Ok(()) => ResponseError::UnknownTopicOrPartition,
                         Err(e) => e.code,
                     };
                     topic_error(Some(&name), Uuid::nil(), code)
                 }
             },
-            None => match broker.topic_by_id(wanted.topic_id) {
-                Some(t) => topic_metadata(broker, &t),
-                None => topic_error(None, wanted.topic_id, ResponseError::UnknownTopicId),
+            Ok((None, id)) => match img.topic_by_id(id) {
+                Some(t) => topic_metadata(&img, t),
+                None => topic_error(None, id, ResponseError::UnknownTopicId),
             },
-        };
-        resp.topics.push(entry);
+        });
     }
     resp
 }
@@ -130,20 +165,28 @@ pub(super) fn describe_cluster(
     broker: &Arc<Broker>,
     req: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
+    let img = broker.image();
     let mut resp = DescribeClusterResponse::default();
     resp.cluster_id = sb(broker.cluster_id());
-    resp.controller_id = BrokerId(broker.node_id());
+    resp.controller_id = BrokerId(img.controller.map_or(-1, |c| c.broker_id));
     resp.endpoint_type = req.endpoint_type;
     if req.endpoint_type != 1 {
         resp.error_code = ResponseError::UnsupportedEndpointType.code();
         resp.error_message = Some(sb("only broker endpoints (type 1) are served"));
         return resp;
     }
-    let (host, port) = broker.advertised();
-    let mut b = DescribeClusterBroker::default();
-    b.broker_id = BrokerId(broker.node_id());
-    b.host = sb(host);
-    b.port = port;
-    resp.brokers = vec![b];
+    resp.brokers = img
+        .brokers
+        .values()
+        .map(|r| {
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(r.id);
+            b.host = sb(r.host.clone());
+            b.port = r.port;
+            b.rack = r.rack.clone().map(sb);
+            b.is_fenced = false;
+            b
+        })
+        .collect();
     resp
 }

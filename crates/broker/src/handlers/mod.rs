@@ -36,6 +36,7 @@ mod produce;
 mod topics;
 
 pub(crate) use list_offsets::lookup_offset;
+pub(crate) use metadata::OFFSETS_TOPIC;
 
 /// What the connection does with a request.
 #[allow(clippy::large_enum_variant)] // built once per request and moved at once
@@ -127,19 +128,78 @@ pub(crate) fn resolve_topic(
     }
 }
 
-pub(crate) fn resolve_partition(topic: &Topic, index: i32) -> Result<Arc<Partition>, ApiError> {
-    topic.partition(index).ok_or_else(|| {
-        ApiError::new(
+/// Partition `index` of `topic` on this broker as its leader, or Kafka's
+/// answer why not: UNKNOWN_TOPIC_OR_PARTITION for an index the topic does
+/// not have; FENCED_LEADER_EPOCH or UNKNOWN_LEADER_EPOCH for a request made
+/// under an older or a newer leader epoch than this replica's
+/// (`current_epoch` -1: not checked); NOT_LEADER_OR_FOLLOWER where this
+/// broker does not lead the partition.
+pub(crate) fn leader_partition(
+    topic: &Topic,
+    index: i32,
+    current_epoch: i32,
+) -> Result<Arc<Partition>, ApiError> {
+    if index < 0 || index >= topic.partition_count() {
+        return Err(ApiError::new(
             ResponseError::UnknownTopicOrPartition,
             format!("topic '{}' has no partition {index}", topic.name),
-        )
-    })
+        ));
+    }
+    let Some(p) = topic.partition(index) else {
+        return Err(ApiError::new(
+            ResponseError::NotLeaderOrFollower,
+            format!(
+                "this broker holds no replica of {}-{index}; refresh metadata and retry",
+                topic.name
+            ),
+        ));
+    };
+    if current_epoch >= 0 {
+        let epoch = p.leader_epoch();
+        if current_epoch < epoch {
+            return Err(ApiError::new(
+                ResponseError::FencedLeaderEpoch,
+                format!(
+                    "leader epoch {current_epoch} of {}-{index} is older than the current {epoch}",
+                    topic.name
+                ),
+            ));
+        }
+        if current_epoch > epoch {
+            return Err(ApiError::new(
+                ResponseError::UnknownLeaderEpoch,
+                format!(
+                    "leader epoch {current_epoch} of {}-{index} is newer than this replica's {epoch}",
+                    topic.name
+                ),
+            ));
+        }
+    }
+    if !p.is_leader() {
+        return Err(crate::error::not_leader(&p));
+    }
+    Ok(p)
+}
+
+/// The current leader and leader epoch of a partition, for the hints
+/// Produce and Fetch give with NOT_LEADER_OR_FOLLOWER (KIP-951).
+pub(crate) fn leader_hint(
+    img: &strata_cluster::ClusterImage,
+    topic_id: Uuid,
+    index: i32,
+) -> Option<(i32, i32)> {
+    img.partition(topic_id, index)
+        .map(|s| (s.value.leader, s.value.leader_epoch))
 }
 
 /// Dispatches one request.
 pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: RequestKind) -> Reply {
     use RequestKind as R;
     let version = ctx.version;
+    // Topic changes from another broker were forwarded once already.
+    let forward = !ctx
+        .client_id
+        .starts_with(crate::cluster::PEER_CLIENT_PREFIX);
     match request {
         R::ApiVersions(_) => Reply::Now(ResponseKind::ApiVersions(api_versions())),
         R::Metadata(r) => Reply::Now(ResponseKind::Metadata(
@@ -154,28 +214,28 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
             }))
         }
         R::CreateTopics(r) => Reply::Now(ResponseKind::CreateTopics(
-            topics::create_topics(broker, r, version).await,
+            topics::create_topics(broker, r, version, forward).await,
         )),
         R::DeleteTopics(r) => Reply::Now(ResponseKind::DeleteTopics(
-            topics::delete_topics(broker, r).await,
+            topics::delete_topics(broker, r, forward).await,
         )),
         R::CreatePartitions(r) => Reply::Now(ResponseKind::CreatePartitions(
-            topics::create_partitions(broker, r).await,
+            topics::create_partitions(broker, r, forward).await,
         )),
         R::DescribeConfigs(r) => Reply::Now(ResponseKind::DescribeConfigs(
             configs::describe_configs(broker, r),
         )),
         R::AlterConfigs(r) => Reply::Now(ResponseKind::AlterConfigs(
-            configs::alter_configs(broker, r).await,
+            configs::alter_configs(broker, r, forward).await,
         )),
         R::IncrementalAlterConfigs(r) => Reply::Now(ResponseKind::IncrementalAlterConfigs(
-            configs::incremental_alter_configs(broker, r).await,
+            configs::incremental_alter_configs(broker, r, forward).await,
         )),
         R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
             metadata::describe_cluster(broker, r),
         )),
         R::FindCoordinator(r) => Reply::Now(ResponseKind::FindCoordinator(
-            groups::find_coordinator(broker, r, version),
+            groups::find_coordinator(broker, r, version).await,
         )),
         R::JoinGroup(r) => groups::join_group(broker, ctx, r),
         R::SyncGroup(r) => groups::sync_group(broker, ctx, r),

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use kafka_protocol::messages::{
-    produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    ProduceRequest, ProduceResponse, ResponseKind, TopicName,
+    produce_response::{
+        LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+    },
+    BrokerId, ProduceRequest, ProduceResponse, ResponseKind, TopicName,
 };
 use kafka_protocol::ResponseError;
 use tracing::warn;
@@ -16,7 +18,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::{Broker, Partition};
 
-use super::{resolve_partition, resolve_topic, sb, Reply};
+use super::{leader_hint, leader_partition, resolve_topic, sb, Reply};
 
 pub(super) struct ProduceSlot {
     topic: usize,
@@ -63,17 +65,26 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
     // The local disk policy: refuse (retriably) rather than fill the disk.
     let disk = broker.check_disk();
     // Resolve and copy the records (the log patches offsets in place).
-    type Work = (usize, i32, Result<(Arc<Partition>, BytesMut), ApiError>);
+    type Work = (
+        usize,
+        i32,
+        Result<(Arc<Partition>, i32, BytesMut), ApiError>,
+    );
     let mut work: Vec<Work> = Vec::new();
+    let mut topic_ids = Vec::with_capacity(req.topic_data.len());
     for (ti, t) in req.topic_data.iter().enumerate() {
         let topic = resolve_topic(broker, &t.name.0, t.topic_id, by_id);
+        topic_ids.push(topic.as_ref().map_or(t.topic_id, |t| t.id));
         for p in &t.partition_data {
             let target = topic
                 .clone()
-                .and_then(|topic| resolve_partition(&topic, p.index))
+                .and_then(|topic| leader_partition(&topic, p.index, -1))
                 .and_then(|part| disk.clone().map(|()| part));
             let item = target.and_then(|part| match &p.records {
-                Some(r) if !r.is_empty() => Ok((part, BytesMut::from(&r[..]))),
+                Some(r) if !r.is_empty() => {
+                    let epoch = part.leader_epoch();
+                    Ok((part, epoch, BytesMut::from(&r[..])))
+                }
                 _ => Err(ApiError::new(
                     ResponseError::CorruptMessage,
                     "produce without records",
@@ -86,7 +97,7 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
     // (see Partition::should_wait_for_upload), for a bounded time.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for (_, _, item) in &work {
-        if let Ok((part, bytes)) = item {
+        if let Ok((part, _, bytes)) = item {
             while part.should_wait_for_upload(bytes.len()) && tokio::time::Instant::now() < deadline
             {
                 part.tier.wait_for_upload(Duration::from_millis(50)).await;
@@ -96,8 +107,8 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
     let slots = tokio::task::spawn_blocking(move || {
         work.into_iter()
             .map(|(topic, index, item)| {
-                let outcome = item.and_then(|(part, mut bytes)| {
-                    let info = part.append(&mut bytes).map_err(ApiError::from)?;
+                let outcome = item.and_then(|(part, epoch, mut bytes)| {
+                    let info = part.append(&mut bytes, epoch)?;
                     Ok((part, info))
                 });
                 ProduceSlot {
@@ -141,6 +152,8 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
         .collect();
     Reply::Later(Box::pin(async move {
         let sync_error = durable.await;
+        let img = broker.image();
+        let mut hinted = std::collections::BTreeSet::new();
         let mut resp = ProduceResponse::default();
         resp.responses = topics
             .into_iter()
@@ -172,10 +185,33 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
                 Err(e) => {
                     pr.error_code = e.code();
                     pr.error_message = Some(sb(e.message));
+                    if e.code == ResponseError::NotLeaderOrFollower && version >= 10 {
+                        if let Some((leader, epoch)) =
+                            leader_hint(&img, topic_ids[s.topic], s.index)
+                        {
+                            let mut hint = LeaderIdAndEpoch::default();
+                            hint.leader_id = BrokerId(leader);
+                            hint.leader_epoch = epoch;
+                            pr.current_leader = hint;
+                            hinted.insert(leader);
+                        }
+                    }
                 }
             }
             resp.responses[s.topic].partition_responses.push(pr);
         }
+        resp.node_endpoints = hinted
+            .into_iter()
+            .filter_map(|id| img.brokers.get(&id))
+            .map(|b| {
+                let mut n = NodeEndpoint::default();
+                n.node_id = BrokerId(b.id);
+                n.host = sb(b.host.clone());
+                n.port = b.port;
+                n.rack = b.rack.clone().map(sb);
+                n
+            })
+            .collect();
         ResponseKind::Produce(resp)
     }))
 }

@@ -5,14 +5,15 @@ use std::sync::Arc;
 use kafka_protocol::messages::{
     create_topics_response::{CreatableTopicConfigs, CreatableTopicResult},
     delete_topics_response::DeletableTopicResult,
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tracing::warn;
 use uuid::Uuid;
 
+use crate::cluster::TopicSpec;
 use crate::error::ApiError;
 use crate::state::Broker;
 use crate::topic_config::{validate_entry, TopicConfig, TOPIC_CONFIG_KEYS};
@@ -40,6 +41,7 @@ pub(super) async fn create_topics(
     broker: &Arc<Broker>,
     req: CreateTopicsRequest,
     version: i16,
+    forward: bool,
 ) -> CreateTopicsResponse {
     let mut resp = CreateTopicsResponse::default();
     let mut seen = std::collections::HashSet::new();
@@ -55,48 +57,31 @@ pub(super) async fn create_topics(
                     format!("topic '{name}' appears more than once in the request"),
                 ));
             }
-            if t.replication_factor != -1 && t.replication_factor != 1 {
-                return Err(ApiError::new(
-                    ResponseError::InvalidReplicationFactor,
-                    format!(
-                        "replication factor {} is larger than the 1 available broker; use 1 or -1",
-                        t.replication_factor
-                    ),
-                ));
-            }
-            let mut partitions = t.num_partitions;
-            if !t.assignments.is_empty() {
-                if t.assignments
-                    .iter()
-                    .any(|a| a.broker_ids != [BrokerId(broker.node_id())])
-                {
-                    return Err(ApiError::new(
-                        ResponseError::InvalidReplicaAssignment,
-                        format!(
-                            "replicas can only be assigned to broker {}",
-                            broker.node_id()
-                        ),
-                    ));
-                }
-                partitions = t.assignments.len() as i32;
-            }
+            let assignments = (!t.assignments.is_empty()).then(|| {
+                let mut a: Vec<_> = t.assignments.iter().collect();
+                a.sort_by_key(|a| a.partition_index);
+                a.iter()
+                    .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                    .collect::<Vec<Vec<i32>>>()
+            });
             let configs = config_pairs(t.configs.iter().map(|c| (&c.name, c.value.as_ref())))?;
-            broker
-                .create_topic(&name, partitions, configs, req.validate_only)
-                .await
+            let spec = TopicSpec {
+                name: name.clone(),
+                partitions: t.num_partitions,
+                replication_factor: t.replication_factor,
+                assignments,
+                configs,
+            };
+            broker.create_topic(spec, req.validate_only, forward).await
         }
         .await;
         match outcome {
             Ok(topic) => {
                 r.topic_id = topic.id;
-                r.num_partitions = if req.validate_only {
-                    t.num_partitions.max(broker.config().default_partitions)
-                } else {
-                    topic.partition_count()
-                };
-                r.replication_factor = 1;
+                r.num_partitions = topic.partitions;
+                r.replication_factor = topic.replication_factor;
                 if version >= 5 {
-                    let cfg = topic.configs();
+                    let cfg = topic.configs;
                     r.configs = Some(
                         TOPIC_CONFIG_KEYS
                             .iter()
@@ -129,6 +114,7 @@ pub(super) async fn create_topics(
 pub(super) async fn delete_topics(
     broker: &Arc<Broker>,
     req: DeleteTopicsRequest,
+    forward: bool,
 ) -> DeleteTopicsResponse {
     let mut wanted: Vec<(Option<String>, Uuid)> = req
         .topic_names
@@ -161,7 +147,7 @@ pub(super) async fn delete_topics(
         };
         r.name = name.as_deref().map(topic_name);
         match resolved {
-            Ok(n) => match broker.delete_topic(&n).await {
+            Ok(n) => match broker.delete_topic(&n, forward).await {
                 Ok(deleted_id) => {
                     r.name = Some(topic_name(&n));
                     r.topic_id = deleted_id;
@@ -184,13 +170,19 @@ pub(super) async fn delete_topics(
 pub(super) async fn create_partitions(
     broker: &Arc<Broker>,
     req: CreatePartitionsRequest,
+    forward: bool,
 ) -> CreatePartitionsResponse {
     let mut resp = CreatePartitionsResponse::default();
     for t in req.topics {
         let mut r = kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult::default();
         r.name = t.name.clone();
+        let assignments = t.assignments.as_ref().map(|a| {
+            a.iter()
+                .map(|x| x.broker_ids.iter().map(|b| b.0).collect())
+                .collect()
+        });
         if let Err(e) = broker
-            .create_partitions(&t.name.0, t.count, req.validate_only)
+            .create_partitions(&t.name.0, t.count, assignments, req.validate_only, forward)
             .await
         {
             r.error_code = e.code();
