@@ -691,15 +691,16 @@ def render(results, args, strata_proc, started_at, machine):
     return "\n".join(lines) + "\n"
 
 
-def write_block(path, block):
-    """Replaces the bench:core block in path, appends it if absent, creates the file if missing."""
+def write_block(path, block, mark_start=MARK_START, mark_end=MARK_END):
+    """Replaces the block between the marks in path (bench:core by default),
+    appends it if absent, creates the file if missing."""
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()
-        start = text.find(MARK_START)
-        end = text.find(MARK_END)
+        start = text.find(mark_start)
+        end = text.find(mark_end)
         if start != -1 and end > start:
-            text = text[:start] + block.rstrip("\n") + text[end + len(MARK_END):]
+            text = text[:start] + block.rstrip("\n") + text[end + len(mark_end):]
         else:
             text = text.rstrip("\n") + "\n\n" + block
     else:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need, and only what is missing:
-#   kcat (Debian), Python packages pinned in tests/requirements.txt (clients,
+# Installs what the build and the tests need, and only what is missing:
+#   protoc with its well-known types (Debian protobuf-compiler and
+#   libprotobuf-dev: etcd-client compiles etcd's protos at build time), etcd
+#   (Debian etcd-server, for the cluster tests), kcat (Debian), Python
+#   packages pinned in tests/requirements.txt (clients,
 #   pytest, the moto S3 server), s3s-fs (crates.io, built into the tools
 #   cache), Node packages locked in tests/e2e/js/package-lock.json.
 # Idempotent; when everything is present it finishes in a few seconds.
@@ -27,8 +30,13 @@ apt_install() {
 }
 
 # --- Debian packages --------------------------------------------------------
-if ! command -v kcat >/dev/null 2>&1; then
-  apt_install kcat
+missing=()
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt_install nodejs npm

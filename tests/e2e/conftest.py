@@ -22,8 +22,8 @@ import pytest
 
 from e2e_support import create_topic as _create_topic
 
-LISTENING_RE = re.compile(r"^kafka listening on (127\.0\.0\.1):(\d+)$")
-HTTP_RE = re.compile(r"^http listening on (127\.0\.0\.1):(\d+)$")
+LISTENING_RE = re.compile(r"^kafka listening on (127\.\d+\.\d+\.\d+):(\d+)$")
+HTTP_RE = re.compile(r"^http listening on (127\.\d+\.\d+\.\d+):(\d+)$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 
@@ -46,6 +46,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"unsupported TOML value {value!r}")
 
 
@@ -69,8 +71,9 @@ class Broker:
     """One strata process, restartable on the same data directory."""
 
     def __init__(self, binary: Path, workdir: Path, config: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, host: str = "127.0.0.1"):
         self.binary = binary
+        self.host = host
         self.extra_env = dict(env or {})
         self.workdir = workdir
         self.data_dir = workdir / "data"
@@ -98,8 +101,8 @@ class Broker:
         args = [
             str(self.binary), "serve",
             "--data-dir", str(self.data_dir),
-            "--kafka-listen", f"127.0.0.1:{port}",
-            "--http-listen", "127.0.0.1:0",
+            "--kafka-listen", f"{self.host}:{port}",
+            "--http-listen", f"{self.host}:0",
         ]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
@@ -165,12 +168,12 @@ class Broker:
     def http(self) -> str:
         """Base URL of the broker's HTTP API."""
         assert self.http_port is not None, "no 'http listening on' line seen"
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def bootstrap(self) -> str:
         assert self.port is not None, "broker never started"
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM and wait; the broker must exit cleanly (code 0)."""

@@ -39,6 +39,10 @@ use crate::topic_config::TopicConfig;
 /// never forwarded again.
 pub const PEER_CLIENT_PREFIX: &str = "strata-broker-";
 
+/// Largest replication factor accepted: replicas do not copy data between
+/// brokers yet, so a follower could not take over without losing records.
+const MAX_REPLICATION_FACTOR: i16 = 1;
+
 /// How long a topic change waits for a controller to be elected.
 const CONTROLLER_WAIT: Duration = Duration::from_secs(15);
 /// How long a forwarded topic change may take at the controller.
@@ -407,6 +411,19 @@ impl Broker {
         } else {
             spec.replication_factor
         };
+        let asked = spec
+            .assignments
+            .as_ref()
+            .and_then(|a| a.first())
+            .map_or(replication_factor, |r| r.len() as i16);
+        if self.store.is_cluster() && asked > MAX_REPLICATION_FACTOR {
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {asked}: replicas do not copy data between brokers yet; use {MAX_REPLICATION_FACTOR}"
+                ),
+            ));
+        }
         self.check_topic_configs(&spec.configs)?;
         match self.route(forward).await? {
             Route::Here(epoch) => {
@@ -854,7 +871,10 @@ impl Broker {
             let spec = TopicSpec {
                 name: topic.to_string(),
                 partitions: groups.offsets_topic_num_partitions,
-                replication_factor: groups.offsets_topic_replication_factor.min(live.max(1)),
+                replication_factor: groups
+                    .offsets_topic_replication_factor
+                    .min(live.max(1))
+                    .min(MAX_REPLICATION_FACTOR),
                 assignments: None,
                 configs: TopicConfig::default(),
             };

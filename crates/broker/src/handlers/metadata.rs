@@ -129,7 +129,12 @@ pub(super) async fn metadata(
         })
         .collect();
     resp.cluster_id = Some(sb(broker.cluster_id()));
-    resp.controller_id = BrokerId(img.controller.map_or(-1, |c| c.broker_id));
+    // Every broker takes controller-bound requests (topic changes) and
+    // forwards them, so Metadata names the broker answering, as Kafka's KRaft
+    // brokers name any live broker: a client's admin requests then never
+    // wait on the controller's address, which changes when it fails.
+    // DescribeCluster names the real controller.
+    resp.controller_id = BrokerId(broker.node_id());
     if all {
         resp.topics = img
             .topics
