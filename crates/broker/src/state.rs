@@ -179,6 +179,23 @@ impl Partition {
         })
     }
 
+    /// Loads the partition's remote manifest if it is tiered and not loaded
+    /// yet (a replica that just became leader), so its log start and cold
+    /// reads know what the object tier holds. A failure is left to the cold
+    /// read that needs it.
+    pub async fn ensure_remote_loaded(&self) {
+        if self.policy().remote
+            && self
+                .tier
+                .loaded_partition(self.topic_id, self.index)
+                .is_none()
+        {
+            if let Err(e) = self.tier.partition(&self.remote_id()).await {
+                warn!(topic = %self.topic, partition = self.index, error = %e, "cannot load the remote manifest");
+            }
+        }
+    }
+
     /// The object tier's `[start, end)` for this partition, if it holds anything.
     pub fn remote_range(&self) -> Option<(i64, i64)> {
         let rp = self.tier.loaded_partition(self.topic_id, self.index)?;

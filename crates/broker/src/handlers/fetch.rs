@@ -68,6 +68,11 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
     let targets = Arc::new(targets);
     Reply::Later(Box::pin(async move {
         let deadline = tokio::time::Instant::now() + max_wait;
+        for t in targets.iter() {
+            if let Ok(p) = &t.partition {
+                p.ensure_remote_loaded().await;
+            }
+        }
         loop {
             let notified = broker.data_available.notified();
             tokio::pin!(notified);

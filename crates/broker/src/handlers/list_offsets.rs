@@ -69,6 +69,7 @@ pub(crate) async fn lookup_offset(
     p: &Arc<Partition>,
     ts: i64,
 ) -> Result<(i64, i64), ApiError> {
+    p.ensure_remote_loaded().await;
     let offsets = p.offsets();
     match ts {
         LATEST => Ok((offsets.high_watermark, -1)),
