@@ -5,11 +5,13 @@
 //! of [`log`] for what is durable when and what a restart finds.
 
 pub mod batch;
+pub mod epochs;
 pub mod index;
 mod log;
 pub mod producer_state;
 mod segment;
 
+pub use crate::epochs::{EpochCache, EpochEnd, EpochEntry};
 pub use crate::log::{
     AppendInfo, Log, LogConfig, ReadPlan, RetentionLimits, SegmentInfo, TimestampType,
 };

@@ -19,6 +19,17 @@
 //! # Retention
 //! Whole closed segments are deleted, oldest first; the active segment never is.
 //! The log start offset is the base of the oldest remaining segment.
+//!
+//! # Replication
+//! A leader appends with [`Log::append`] (offsets and its leader epoch
+//! assigned here); a follower appends the leader's batches as they are with
+//! [`Log::append_replica`]. Both keep the leader epoch cache
+//! ([`crate::epochs`]) and the producer state. A follower whose tail diverged
+//! from its new leader's cuts it with [`Log::truncate_to`]. The high
+//! watermark (what readers see) is set by the broker from the replicas' log
+//! ends ([`Log::set_high_watermark`]) and checkpointed in `high-watermark`
+//! (at close and whenever [`Log::checkpoint_high_watermark`] is called), so a
+//! restarted replica never shows readers more than was committed.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,6 +42,7 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::epochs::{EpochCache, EpochEnd, EpochEntry};
 use crate::producer_state::{ProducerState, SequenceCheck};
 use crate::segment::{self, Segment};
 use crate::{Error, Result};
@@ -39,6 +51,8 @@ use crate::{Error, Result};
 const CLEAN_SHUTDOWN: &str = ".clean-shutdown";
 /// Suffix of producer state snapshots (`{offset:020}.snapshot`).
 const SNAPSHOT_SUFFIX: &str = ".snapshot";
+/// The high watermark checkpoint in the partition directory.
+const HW_CHECKPOINT: &str = "high-watermark";
 
 /// Which timestamp a topic stores (`message.timestamp.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +204,13 @@ pub struct Log {
     flushed_offset: i64,
     /// Idempotent producers' sequences, as of the log end.
     producers: ProducerState,
+    /// Leader epochs and where each starts.
+    epochs: EpochCache,
+    /// The high watermark set by replication (clamped to the log end);
+    /// `None` for a lone replica, whose every write is committed.
+    hw: Option<i64>,
+    /// The high watermark last written to its checkpoint.
+    hw_checkpointed: Option<i64>,
 }
 
 impl Log {
@@ -270,14 +291,24 @@ impl Log {
             active.file.sync_data()?;
         }
         let next = segments.values().next_back().map_or(0, |s| s.next_offset);
+        // Without a checkpoint (a lone replica, or a log from before
+        // replication) everything written is committed.
+        let hw = std::fs::read_to_string(dir.join(HW_CHECKPOINT))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map(|h| h.min(next));
         let mut log = Self {
             dir: dir.to_path_buf(),
             config,
             segments,
             flushed_offset: next,
             producers: ProducerState::default(),
+            epochs: EpochCache::default(),
+            hw,
+            hw_checkpointed: hw,
         };
         log.recover_producers(snapshots)?;
+        log.recover_epochs()?;
         debug!(
             dir = %dir.display(),
             clean,
@@ -313,12 +344,16 @@ impl Log {
         self.active().next_offset
     }
 
-    /// The offset below which readers may see data.
+    /// The offset below which readers may see data: the replicated high
+    /// watermark, and no further than what is fsynced when readers see only
+    /// fsynced data.
     pub fn high_watermark(&self) -> i64 {
+        let end = self.log_end_offset();
+        let hw = self.hw.map_or(end, |h| h.min(end));
         if self.config.read_only_flushed {
-            self.flushed_offset
+            hw.min(self.flushed_offset)
         } else {
-            self.log_end_offset()
+            hw
         }
     }
 
@@ -420,12 +455,253 @@ impl Log {
         for (_, h) in &headers {
             self.producers.record(h);
         }
+        self.assign_epoch(leader_epoch, base_offset)?;
         Ok(AppendInfo {
             base_offset,
             last_offset: next - 1,
             log_append_time: append_time,
             duplicate: false,
         })
+    }
+
+    /// Appends a leader's batches as they are (a follower): offsets, leader
+    /// epochs, timestamps and producer fields unchanged. Every batch is
+    /// validated (CRC, size, record count) and must continue the log
+    /// exactly; batches below the log end (already held) are skipped.
+    pub fn append_replica(&mut self, records: &[u8], now_ms: i64) -> Result<Option<AppendInfo>> {
+        let mut headers: Vec<(usize, BatchHeader)> = Vec::new();
+        let mut pos = 0;
+        let mut expected = self.log_end_offset();
+        let mut skip = 0;
+        while pos < records.len() {
+            let rest = &records[pos..];
+            let Some(size) = batch::batch_size(rest) else {
+                break; // a partial batch at the end of a fetch response
+            };
+            if size > rest.len() {
+                break;
+            }
+            let h = batch::validate(&rest[..size])?;
+            if h.next_offset() <= expected && headers.is_empty() {
+                skip = pos + size;
+                pos += size;
+                continue;
+            }
+            if h.base_offset != expected {
+                return Err(Error::Corrupt(format!(
+                    "replicated batch starts at {}, the log ends at {expected}",
+                    h.base_offset
+                )));
+            }
+            expected = h.next_offset();
+            headers.push((pos - skip, h));
+            pos += size;
+        }
+        if headers.is_empty() {
+            return Ok(None);
+        }
+        let bytes = &records[skip..pos];
+        if self.should_roll(bytes.len() as u64, now_ms) {
+            self.roll(now_ms)?;
+        }
+        let seg = self.active_mut();
+        if seg.size == 0 {
+            seg.created_ms = now_ms;
+        }
+        seg.append(bytes, &headers)?;
+        for (_, h) in &headers {
+            self.producers.record(h);
+            self.assign_epoch(h.leader_epoch, h.base_offset)?;
+        }
+        Ok(Some(AppendInfo {
+            base_offset: headers[0].1.base_offset,
+            last_offset: expected - 1,
+            log_append_time: None,
+            duplicate: false,
+        }))
+    }
+
+    fn assign_epoch(&mut self, epoch: i32, start: i64) -> Result<()> {
+        if epoch >= 0 && self.epochs.assign(epoch, start) {
+            self.epochs.save(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Starts leader epoch `epoch` at the log end (a replica becoming
+    /// leader), so followers asking where the previous epoch ended learn it.
+    pub fn begin_epoch(&mut self, epoch: i32) -> Result<()> {
+        let end = self.log_end_offset();
+        self.assign_epoch(epoch, end)
+    }
+
+    /// The latest leader epoch in the log (-1: none).
+    pub fn latest_epoch(&self) -> i32 {
+        self.epochs.latest_epoch()
+    }
+
+    /// The leader epoch cache's entries, oldest first.
+    pub fn epoch_entries(&self) -> &[EpochEntry] {
+        self.epochs.entries()
+    }
+
+    /// Where `epoch` ends in this log (OffsetsForLeaderEpoch).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> EpochEnd {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// Cuts the log at `offset`: everything from it on goes (segments, index
+    /// entries, leader epochs, producer snapshots), the producer state is
+    /// rebuilt, and the high watermark is lowered to it if above. An offset
+    /// inside a batch cuts at that batch's start. No-op at or beyond the end.
+    pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> Result<()> {
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        if offset <= self.log_start_offset() {
+            return self.truncate_fully_and_start_at(offset.max(self.log_start_offset()), now_ms);
+        }
+        let interval = self.config.index_interval_bytes;
+        let (&base, _) = self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .expect("offset above log start has a segment");
+        let later: Vec<i64> = self.segments.range(base + 1..).map(|(b, _)| *b).collect();
+        for b in later {
+            if let Some(s) = self.segments.remove(&b) {
+                s.delete()?;
+            }
+        }
+        let seg = self.segments.get(&base).expect("present");
+        let cut = Segment::find_position(
+            &seg.file,
+            seg.index.lookup(offset).position,
+            seg.size,
+            offset,
+        )?
+        .map_or(seg.size, |(pos, _)| pos);
+        if cut == 0 {
+            let s = self.segments.remove(&base).expect("present");
+            s.delete()?;
+            let new = Segment::create(&self.dir, base, now_ms, interval)?;
+            self.segments.insert(base, new);
+        } else {
+            seg.file.set_len(cut)?;
+            seg.file.sync_all()?;
+            seg.delete_indexes()?;
+            let reopened = Segment::open(&self.dir, base, now_ms, interval, false)?;
+            self.segments.insert(base, reopened);
+        }
+        segment::sync_dir(&self.dir)?;
+        self.after_truncation()?;
+        info!(dir = %self.dir.display(), offset = self.log_end_offset(), "log truncated");
+        Ok(())
+    }
+
+    /// Deletes the whole log and starts it empty at `offset` (a replica too
+    /// far behind its leader, or one continuing from the object tier).
+    pub fn truncate_fully_and_start_at(&mut self, offset: i64, now_ms: i64) -> Result<()> {
+        let interval = self.config.index_interval_bytes;
+        for (_, s) in std::mem::take(&mut self.segments) {
+            s.delete()?;
+        }
+        let new = Segment::create(&self.dir, offset, now_ms, interval)?;
+        self.segments.insert(offset, new);
+        segment::sync_dir(&self.dir)?;
+        self.remove_snapshots_below(i64::MAX)?;
+        self.producers = ProducerState::default();
+        self.epochs = EpochCache::default();
+        self.epochs.save(&self.dir)?;
+        self.flushed_offset = offset;
+        self.hw = self.hw.map(|_| offset);
+        info!(dir = %self.dir.display(), offset, "log emptied, continuing at offset");
+        Ok(())
+    }
+
+    /// Brings the state that depends on the log end back in line after a cut.
+    fn after_truncation(&mut self) -> Result<()> {
+        let end = self.log_end_offset();
+        self.flushed_offset = self.flushed_offset.min(end);
+        self.hw = self.hw.map(|h| h.min(end));
+        if self.epochs.truncate_from_end(end) {
+            self.epochs.save(&self.dir)?;
+        }
+        let mut snapshots = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(o) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SNAPSHOT_SUFFIX))
+                .and_then(|stem| stem.parse::<i64>().ok())
+            {
+                snapshots.push(o);
+            }
+        }
+        self.producers = ProducerState::default();
+        self.recover_producers(snapshots)
+    }
+
+    /// Loads the leader epoch cache, or rebuilds it from the batches when its
+    /// checkpoint is missing or damaged, and fits it to the log's range.
+    fn recover_epochs(&mut self) -> Result<()> {
+        let (end, start) = (self.log_end_offset(), self.log_start_offset());
+        let mut cache = match EpochCache::load(&self.dir) {
+            Some(c) => c,
+            None => {
+                let mut c = EpochCache::default();
+                self.for_each_header(start, |h| {
+                    c.assign(h.leader_epoch, h.base_offset);
+                })?;
+                if !c.entries().is_empty() {
+                    debug!(dir = %self.dir.display(), epochs = c.entries().len(), "leader epoch cache rebuilt from the log");
+                }
+                c
+            }
+        };
+        // An epoch begun at the end (a leader that wrote nothing yet) stays.
+        cache.truncate_from_end(end + 1);
+        cache.truncate_from_start(start);
+        if Some(&cache) != EpochCache::load(&self.dir).as_ref() {
+            cache.save(&self.dir)?;
+        }
+        self.epochs = cache;
+        Ok(())
+    }
+
+    /// Sets the high watermark (clamped to the log end): the leader from its
+    /// replicas' log ends, a follower from its leader's.
+    pub fn set_high_watermark(&mut self, hw: i64) {
+        self.hw = Some(hw.min(self.log_end_offset()));
+    }
+
+    /// Makes every write committed at once (a lone replica).
+    pub fn track_log_end(&mut self) {
+        self.hw = None;
+    }
+
+    /// Whether the high watermark is set by replication.
+    pub fn is_replicated(&self) -> bool {
+        self.hw.is_some()
+    }
+
+    /// Writes the high watermark to its checkpoint if it moved since the
+    /// last (removes it for a lone replica).
+    pub fn checkpoint_high_watermark(&mut self) -> Result<()> {
+        let hw = self.hw.map(|h| h.min(self.log_end_offset()));
+        if hw != self.hw_checkpointed {
+            let path = self.dir.join(HW_CHECKPOINT);
+            match hw {
+                Some(h) => segment::write_synced(&path, h.to_string().as_bytes())?,
+                None => match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                },
+            }
+            self.hw_checkpointed = hw;
+        }
+        Ok(())
     }
 
     /// Checks every batch's producer sequence. `Some` when the request is a
@@ -641,7 +917,13 @@ impl Log {
     /// Plans a read at `offset`. Errors with [`Error::OffsetOutOfRange`] when
     /// the offset is below the log start or above the high watermark.
     pub fn read_plan(&self, offset: i64) -> Result<ReadPlan> {
-        let hw = self.high_watermark();
+        self.read_plan_to(offset, self.high_watermark())
+    }
+
+    /// Plans a read at `offset` of batches below `max_offset` (a follower's
+    /// fetch reads to the log end, past the high watermark).
+    pub fn read_plan_to(&self, offset: i64, max_offset: i64) -> Result<ReadPlan> {
+        let hw = max_offset.min(self.log_end_offset());
         if offset < self.log_start_offset() || offset > hw {
             return Err(Error::OffsetOutOfRange {
                 offset,
@@ -750,6 +1032,9 @@ impl Log {
         }
         if !deleted.is_empty() {
             self.remove_snapshots_below(self.log_start_offset())?;
+            if self.epochs.truncate_from_start(self.log_start_offset()) {
+                self.epochs.save(&self.dir)?;
+            }
             info!(
                 dir = %self.dir.display(),
                 segments = deleted.len(),
@@ -818,6 +1103,7 @@ impl Log {
         let end = self.log_end_offset();
         self.mark_flushed(end);
         self.write_producer_snapshot()?;
+        self.checkpoint_high_watermark()?;
         segment::write_synced(&self.dir.join(CLEAN_SHUTDOWN), b"")?;
         Ok(())
     }
@@ -1212,5 +1498,170 @@ mod tests {
             (log.log_start_offset(), log.log_end_offset()),
             (5_000, 5_002)
         );
+    }
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::*;
+    use crate::batch::testing::idempotent_batch;
+    use proptest::prelude::*;
+
+    fn cfg() -> LogConfig {
+        LogConfig {
+            segment_bytes: 2048,
+            index_interval_bytes: 256,
+            read_only_flushed: false,
+            ..LogConfig::default()
+        }
+    }
+
+    /// Batch `i`: a few records from producer `i % 3` under leader epoch `epoch`.
+    fn append(log: &mut Log, i: usize, epoch: i32) -> AppendInfo {
+        let pid = (i % 3) as i64;
+        let seq = (i / 3) as i32 * 4;
+        let mut b = idempotent_batch(4, 40 + i % 50, 1_000 + i as i64, pid, 0, seq);
+        log.append(&mut b, epoch, 1_000).unwrap()
+    }
+
+    /// Every stored batch's bytes, in order.
+    fn bytes(log: &Log) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut off = log.log_start_offset();
+        while off < log.log_end_offset() {
+            let b = log
+                .read_plan_to(off, i64::MAX)
+                .unwrap()
+                .read(1 << 20, true)
+                .unwrap();
+            let (_, last) = batch::headers(&b).last().unwrap();
+            off = last.next_offset();
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    /// (batch count, epoch of each batch): a log built by a leader.
+    fn leader(dir: &Path, epochs: &[i32]) -> Log {
+        let mut log = Log::open(dir, cfg(), 0).unwrap();
+        for (i, &e) in epochs.iter().enumerate() {
+            append(&mut log, i, e);
+        }
+        log
+    }
+
+    #[test]
+    fn a_follower_copies_the_leaders_bytes_epochs_and_producers() {
+        let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let epochs: Vec<i32> = (0..120).map(|i| 1 + i / 40).collect();
+        let leader = leader(ld.path(), &epochs);
+        let mut follower = Log::open(fd.path(), cfg(), 0).unwrap();
+        // Fetch as a follower does: from its end, in uneven chunks.
+        let mut n = 0;
+        while follower.log_end_offset() < leader.log_end_offset() {
+            let chunk = leader
+                .read_plan_to(follower.log_end_offset(), i64::MAX)
+                .unwrap()
+                .read(700 + n * 37 % 900, true)
+                .unwrap();
+            follower.append_replica(&chunk, 1_000).unwrap().unwrap();
+            n += 1;
+        }
+        assert_eq!(bytes(&follower), bytes(&leader));
+        assert_eq!(follower.epoch_entries(), leader.epoch_entries());
+        assert_eq!(follower.epoch_entries().len(), 3);
+        assert_eq!(follower.producer_state(), leader.producer_state());
+        // A re-sent chunk is skipped; a gap is refused.
+        let again = leader
+            .read_plan_to(0, i64::MAX)
+            .unwrap()
+            .read(500, true)
+            .unwrap();
+        assert!(follower.append_replica(&again, 1_000).unwrap().is_none());
+        let mut gap = Log::open(tempfile::tempdir().unwrap().path(), cfg(), 0).unwrap();
+        let later = leader
+            .read_plan_to(40, i64::MAX)
+            .unwrap()
+            .read(500, true)
+            .unwrap();
+        assert!(gap.append_replica(&later, 1_000).is_err());
+    }
+
+    #[test]
+    fn epochs_survive_restarts_and_are_rebuilt_when_the_checkpoint_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = leader(dir.path(), &[1, 1, 2, 2, 5]);
+        log.begin_epoch(6).unwrap();
+        let entries = log.epoch_entries().to_vec();
+        assert_eq!(entries.last().unwrap().epoch, 6);
+        assert_eq!(log.end_offset_for_epoch(5).end_offset, log.log_end_offset());
+        log.close().unwrap();
+        drop(log);
+        assert_eq!(
+            Log::open(dir.path(), cfg(), 0).unwrap().epoch_entries(),
+            &entries[..]
+        );
+        std::fs::remove_file(dir.path().join(crate::epochs::CHECKPOINT)).unwrap();
+        let rebuilt = Log::open(dir.path(), cfg(), 0).unwrap();
+        // Epoch 6 wrote nothing: only the batches' epochs come back.
+        assert_eq!(rebuilt.epoch_entries(), &entries[..entries.len() - 1]);
+    }
+
+    #[test]
+    fn the_high_watermark_is_checkpointed_and_never_above_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = leader(dir.path(), &[1; 10]);
+        assert_eq!(
+            log.high_watermark(),
+            log.log_end_offset(),
+            "no checkpoint: all committed"
+        );
+        log.set_high_watermark(12);
+        assert_eq!(log.high_watermark(), 12);
+        log.checkpoint_high_watermark().unwrap();
+        drop(log);
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!(
+            log.high_watermark(),
+            12,
+            "a restart shows no more than was committed"
+        );
+        log.set_high_watermark(i64::MAX);
+        assert_eq!(log.high_watermark(), log.log_end_offset());
+        assert!(log.read(12, 100, true).is_ok());
+    }
+
+    proptest! {
+        /// Truncating a log at any batch boundary leaves exactly the log a
+        /// leader would have built from those batches: bytes, epochs,
+        /// producers, and it goes on accepting appends; also after a reopen.
+        #[test]
+        fn truncation_leaves_the_prefix(n in 1usize..80, keep_frac in 0.0f64..1.0, bump in 1usize..40, crash: bool) {
+            let epochs: Vec<i32> = (0..n).map(|i| 1 + (i / bump) as i32).collect();
+            let keep = ((n as f64) * keep_frac) as usize;
+            let (full_dir, prefix_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut full = leader(full_dir.path(), &epochs);
+            let prefix = leader(prefix_dir.path(), &epochs[..keep]);
+            let cut = prefix.log_end_offset();
+            full.set_high_watermark(i64::MAX);
+            full.truncate_to(cut, 2_000).unwrap();
+            prop_assert_eq!(full.log_end_offset(), cut);
+            prop_assert!(full.high_watermark() <= cut);
+            prop_assert_eq!(bytes(&full), bytes(&prefix));
+            prop_assert_eq!(full.epoch_entries(), prefix.epoch_entries());
+            prop_assert_eq!(full.producer_state(), prefix.producer_state());
+            if crash {
+                drop(full);
+            } else {
+                full.close().unwrap();
+                drop(full);
+            }
+            let mut full = Log::open(full_dir.path(), cfg(), 0).unwrap();
+            prop_assert_eq!(bytes(&full), bytes(&prefix));
+            prop_assert_eq!(full.epoch_entries(), prefix.epoch_entries());
+            prop_assert_eq!(full.producer_state(), prefix.producer_state());
+            let next = append(&mut full, keep, 99);
+            prop_assert_eq!(next.base_offset, cut);
+        }
     }
 }

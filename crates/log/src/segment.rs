@@ -248,6 +248,21 @@ impl Segment {
         Ok(())
     }
 
+    /// Deletes the index files (they no longer describe a truncated file).
+    pub(crate) fn delete_indexes(&self) -> Result<()> {
+        for p in [
+            index_path(&self.dir, self.base),
+            time_index_path(&self.dir, self.base),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes the segment's files.
     pub(crate) fn delete(&self) -> Result<()> {
         for p in [
