@@ -348,10 +348,11 @@ def test_tiering_needs_a_store_every_broker_shares(cluster):
         fut.result(30)
     assert e.value.args[0].code() == KafkaError.INVALID_CONFIG
     assert "tier.object_store" in e.value.args[0].str()
-    fut = admin.create_topics([NewTopic("rf3", num_partitions=1, replication_factor=3)])["rf3"]
+    fut = admin.create_topics([NewTopic("rf4", num_partitions=1, replication_factor=4)])["rf4"]
     with pytest.raises(KafkaException) as e:
         fut.result(30)
     assert e.value.args[0].code() == KafkaError.INVALID_REPLICATION_FACTOR
+    assert "3 available brokers" in e.value.args[0].str()
 
 
 # --------------------------------------------------------------------------- #

@@ -39,10 +39,6 @@ use crate::topic_config::TopicConfig;
 /// never forwarded again.
 pub const PEER_CLIENT_PREFIX: &str = "strata-broker-";
 
-/// Largest replication factor accepted: replicas do not copy data between
-/// brokers yet, so a follower could not take over without losing records.
-const MAX_REPLICATION_FACTOR: i16 = 1;
-
 /// How long a topic change waits for a controller to be elected.
 const CONTROLLER_WAIT: Duration = Duration::from_secs(15);
 /// How long a forwarded topic change may take at the controller.
@@ -149,6 +145,28 @@ impl DataDirIdentity {
 pub(crate) fn spawn_tasks(broker: &Arc<Broker>) {
     tokio::spawn(apply_loop(broker.clone()));
     tokio::spawn(controller_loop(broker.clone()));
+    tokio::spawn(replication_loop(broker.clone()));
+}
+
+/// Leaders drop followers that stopped catching up (every half
+/// `replica_lag_time_max_ms`, as Kafka checks), and every replica
+/// checkpoints its high watermark.
+async fn replication_loop(broker: Arc<Broker>) {
+    let lag = broker.config().cluster.replica_lag_time_max_ms;
+    let mut tick = tokio::time::interval(Duration::from_millis((lag / 2).max(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoint = tokio::time::interval(Duration::from_secs(5));
+    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = broker.stopping.cancelled() => return,
+            _ = tick.tick() => broker.shrink_lagging_isrs(),
+            _ = checkpoint.tick() => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.checkpoint_high_watermarks()).await;
+            }
+        }
+    }
 }
 
 async fn apply_loop(broker: Arc<Broker>) {
@@ -411,19 +429,6 @@ impl Broker {
         } else {
             spec.replication_factor
         };
-        let asked = spec
-            .assignments
-            .as_ref()
-            .and_then(|a| a.first())
-            .map_or(replication_factor, |r| r.len() as i16);
-        if self.store.is_cluster() && asked > MAX_REPLICATION_FACTOR {
-            return Err(ApiError::new(
-                ResponseError::InvalidReplicationFactor,
-                format!(
-                    "replication factor {asked}: replicas do not copy data between brokers yet; use {MAX_REPLICATION_FACTOR}"
-                ),
-            ));
-        }
         self.check_topic_configs(&spec.configs)?;
         match self.route(forward).await? {
             Route::Here(epoch) => {
@@ -871,10 +876,7 @@ impl Broker {
             let spec = TopicSpec {
                 name: topic.to_string(),
                 partitions: groups.offsets_topic_num_partitions,
-                replication_factor: groups
-                    .offsets_topic_replication_factor
-                    .min(live.max(1))
-                    .min(MAX_REPLICATION_FACTOR),
+                replication_factor: groups.offsets_topic_replication_factor.min(live.max(1)),
                 assignments: None,
                 configs: TopicConfig::default(),
             };
@@ -902,15 +904,22 @@ impl Broker {
         if !self.store.is_cluster() {
             return Ok(());
         }
-        let leads = self.topic(OFFSETS_TOPIC).is_some_and(|t| {
-            t.partition(offsets_partition(group, t.partition_count()))
-                .is_some_and(|p| p.is_leader())
-        });
-        if leads {
-            Ok(())
-        } else {
-            Err(ResponseError::NotCoordinator)
+        let Some(t) = self.topic(OFFSETS_TOPIC) else {
+            return Err(ResponseError::NotCoordinator);
+        };
+        let index = offsets_partition(group, t.partition_count());
+        if !t.partition(index).is_some_and(|p| p.is_leader()) {
+            return Err(ResponseError::NotCoordinator);
         }
+        if self
+            .loading_offsets
+            .lock()
+            .expect("loading lock")
+            .contains(&index)
+        {
+            return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        Ok(())
     }
 }
 

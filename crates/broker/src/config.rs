@@ -12,6 +12,9 @@ use strata_log::{LogConfig, TimestampType};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FlushPolicy {
+    /// `every-batch` alone, `os` in a cluster (Kafka's default: replication
+    /// gives durability).
+    Auto,
     /// Fsync before acknowledging every produce (group commit across
     /// concurrent producers). Consumers see only fsynced data.
     EveryBatch,
@@ -94,6 +97,8 @@ pub struct LogDefaults {
     /// Produce is refused (retriably, KAFKA_STORAGE_ERROR) while the data
     /// directory's filesystem has less free space than this.
     pub disk_free_min_bytes: u64,
+    /// `min.insync.replicas` for topics that do not set it.
+    pub min_insync_replicas: i32,
     /// Produce is refused (retriably) while the partitions' local segments
     /// take more than this in all (0: no limit). With remote storage, set it
     /// above the hot windows plus room for uploads to fall behind.
@@ -134,19 +139,38 @@ impl Default for LogDefaults {
             max_message_bytes: log.max_message_bytes,
             message_timestamp_type: "CreateTime".into(),
             index_interval_bytes: log.index_interval_bytes,
-            flush: FlushPolicy::EveryBatch,
+            flush: FlushPolicy::Auto,
             flush_interval_ms: 1000,
             producer_id_expiration_ms: log.producer_expiration_ms,
             remote_storage_enable: false,
             local_retention_ms: -2,
             local_retention_bytes: -2,
             disk_free_min_bytes: 256 << 20,
+            min_insync_replicas: 1,
             disk_usage_max_bytes: 0,
         }
     }
 }
 
+impl FlushPolicy {
+    /// The policy `auto` stands for: fsync per batch alone, left to the OS
+    /// in a cluster.
+    pub fn resolve(self, cluster: bool) -> Self {
+        match self {
+            FlushPolicy::Auto if cluster => FlushPolicy::Os,
+            FlushPolicy::Auto => FlushPolicy::EveryBatch,
+            other => other,
+        }
+    }
+}
+
 impl BrokerConfig {
+    /// The configuration with `auto` settings resolved for this mode.
+    pub fn resolved(mut self) -> Self {
+        self.log.flush = self.log.flush.resolve(self.cluster.enabled());
+        self
+    }
+
     /// Checks values that types cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id < 0 {
@@ -168,6 +192,9 @@ impl BrokerConfig {
         self.tier.validate()?;
         self.lake.validate()?;
         self.cluster.validate()?;
+        if self.log.min_insync_replicas < 1 {
+            return Err("log.min_insync_replicas must be >= 1".into());
+        }
         if self.log.producer_id_expiration_ms < 1 {
             return Err("log.producer_id_expiration_ms must be >= 1".into());
         }

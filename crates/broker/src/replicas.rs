@@ -21,7 +21,8 @@ use std::sync::Arc;
 use strata_cluster::{ClusterImage, PartitionState, TopicRecord};
 use tracing::{debug, info, warn};
 
-use crate::state::{Broker, Partition, Topic};
+use crate::handlers::OFFSETS_TOPIC;
+use crate::state::{Broker, Leadership, Partition, Topic};
 use crate::topic_config::TopicConfig;
 use strata_tier::PartitionId;
 
@@ -51,6 +52,7 @@ impl Broker {
         }
         let mut opening = Vec::new();
         let mut led = Vec::new();
+        let mut lost = Vec::new();
         let mut moved_away = Vec::new();
         for rec in img.topics.values() {
             let topic = match self.topic(&rec.name) {
@@ -69,11 +71,11 @@ impl Broker {
                 let Some(state) = state else { continue };
                 let hosted = state.value.replicas.contains(&me);
                 match (topic.partition(index), hosted) {
-                    (Some(p), true) => {
-                        if p.set_replica_state(state.value.clone()) {
-                            led.push(p);
-                        }
-                    }
+                    (Some(p), true) => match p.set_replica_state(state.value.clone()) {
+                        Leadership::Gained => led.push(p),
+                        Leadership::Lost => lost.push(p),
+                        Leadership::Unchanged => {}
+                    },
                     (Some(p), false) => moved_away.push((topic.clone(), p)),
                     (None, true) => opening.push(Opening {
                         rec: rec.clone(),
@@ -91,8 +93,25 @@ impl Broker {
         if !opening.is_empty() {
             led.extend(self.open_replicas(opening).await?);
         }
+        for p in lost {
+            info!(topic = %p.topic, partition = p.index, "no longer leading the partition");
+            if p.topic == OFFSETS_TOPIC {
+                let this = self.clone();
+                let index = p.index;
+                let _ =
+                    tokio::task::spawn_blocking(move || this.unload_offsets_partition(index)).await;
+            }
+        }
         for p in led {
             info!(topic = %p.topic, partition = p.index, epoch = p.leader_epoch(), "leading the partition");
+            if p.topic == OFFSETS_TOPIC && self.store.is_cluster() {
+                // Its groups wait (COORDINATOR_LOAD_IN_PROGRESS) from now on.
+                self.loading_offsets
+                    .lock()
+                    .expect("loading lock")
+                    .insert(p.index);
+                tokio::spawn(self.clone().load_offsets_partition(p.clone()));
+            }
             if p.policy().remote {
                 // Fence the previous leader's uploads before ours begin.
                 let tier = self.tier().clone();
@@ -103,6 +122,7 @@ impl Broker {
                 });
             }
         }
+        self.update_fetchers();
         self.notify_data();
         Ok(())
     }
@@ -175,10 +195,12 @@ impl Broker {
             }
         };
         let (log_config, policy) = settings;
+        let min_isr = configs.min_insync_replicas(log).unwrap_or(1);
         for p in topic.partitions() {
             p.with_log(|l| l.set_config(log_config.clone()));
             p.set_policy(policy);
             p.set_lake_format(lake.clone());
+            p.set_min_insync_replicas(min_isr);
         }
         topic.set_configs(configs);
         info!(topic = %topic.name, "topic configs changed");

@@ -22,6 +22,8 @@ use strata_cluster::file::FileStore;
 use strata_cluster::{
     BrokerId, BrokerRegistration, ClusterImage, MetadataStore, PartitionState, Session, TopicRecord,
 };
+
+use crate::replication::LeaderView;
 use strata_log::{AppendInfo, Log, LogConfig};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +89,17 @@ pub struct Partition {
     replica: RwLock<PartitionState>,
     /// This broker's session: whether it may lead at all right now.
     session: Arc<Session>,
+    /// While this broker leads: its followers' progress (lock order: log,
+    /// replica, leader view).
+    leader_view: Mutex<Option<LeaderView>>,
+    /// An ISR change proposed by this leader and not yet decided.
+    pub(crate) isr_pending: std::sync::atomic::AtomicBool,
+    /// `min.insync.replicas` of the topic.
+    min_isr: AtomicI32,
+    /// Woken when the high watermark advances (acks=all waits here).
+    hw_advanced: Notify,
+    /// The broker's "new data" signal (fetch long polls wait on it).
+    data_available: Arc<Notify>,
     log: Mutex<Log>,
     /// Serializes fsyncs so concurrent producers share one (group commit).
     sync_lock: Mutex<()>,
@@ -102,6 +115,17 @@ pub struct Partition {
     /// of the topic, registered once.
     bytes_in: metrics::Counter,
     messages_in: metrics::Counter,
+}
+
+/// How a state change moved this broker's leadership of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leadership {
+    /// It leads now (newly, or under a new leader epoch).
+    Gained,
+    /// It led and does not any more.
+    Lost,
+    /// As before.
+    Unchanged,
 }
 
 /// Offsets of a partition at one moment.
@@ -144,17 +168,186 @@ impl Partition {
         self.leads(&self.replica.read().expect("replica lock"))
     }
 
-    /// Applies the partition's new cluster state; returns whether this
-    /// broker became its leader by it.
-    pub(crate) fn set_replica_state(&self, next: PartitionState) -> bool {
-        let _log = self.log.lock().expect("log lock poisoned");
+    /// Applies the partition's new cluster state; returns how this broker's
+    /// leadership changed by it. A leader starts its epoch in the log
+    /// (Kafka's epoch cache entry at the log end) and a fresh view of its
+    /// followers; a follower drops its view. With several replicas the high
+    /// watermark is set by replication; a lone replica commits every write.
+    pub(crate) fn set_replica_state(&self, next: PartitionState) -> Leadership {
+        let mut log = self.log.lock().expect("log lock poisoned");
         let mut s = self.replica.write().expect("replica lock");
         if *s == next {
-            return false;
+            return Leadership::Unchanged;
         }
         let was = self.leads(&s);
+        let old_epoch = s.leader_epoch;
         *s = next;
-        !was && self.leads(&s)
+        self.adopt_state(&mut log, &s);
+        match (was, self.leads(&s)) {
+            (false, true) => Leadership::Gained,
+            (true, true) if s.leader_epoch != old_epoch => Leadership::Gained,
+            (true, false) => Leadership::Lost,
+            _ => Leadership::Unchanged,
+        }
+    }
+
+    /// Brings the log and the leader view in line with `s` (locks held).
+    fn adopt_state(&self, log: &mut Log, s: &PartitionState) {
+        let me = self.session.broker_id();
+        let mut view = self.leader_view.lock().expect("leader view lock");
+        let elected = s.leader == me && s.leader_broker_epoch == self.session.broker_epoch();
+        if s.replicas.len() > 1 {
+            if !log.is_replicated() {
+                let hw = log.high_watermark();
+                log.set_high_watermark(hw);
+            }
+        } else {
+            log.track_log_end();
+        }
+        if !elected {
+            *view = None;
+            return;
+        }
+        if view.as_ref().map(|v| v.leader_epoch) != Some(s.leader_epoch) {
+            if let Err(e) = log.begin_epoch(s.leader_epoch) {
+                warn!(topic = %self.topic, partition = self.index, error = %e, "cannot record the leader epoch");
+            }
+            *view = Some(LeaderView::new(
+                me,
+                s.leader_epoch,
+                log.log_end_offset(),
+                &s.replicas,
+                &s.isr,
+                now_ms(),
+            ));
+        } else if let Some(v) = view.as_mut() {
+            v.set_replicas(me, &s.replicas);
+        }
+        if let Some(v) = view.as_ref() {
+            self.advance_hw(log, s, v);
+        }
+    }
+
+    /// Raises the high watermark to what the ISR allows (leader only, locks
+    /// held); wakes acks=all waiters and readers when it moved.
+    fn advance_hw(&self, log: &mut Log, s: &PartitionState, view: &LeaderView) {
+        if !log.is_replicated() {
+            return;
+        }
+        let current = log.replicated_high_watermark().unwrap_or(0);
+        let next = view.high_watermark(log.log_end_offset(), &s.isr, current);
+        if next > current {
+            log.set_high_watermark(next);
+            self.hw_advanced.notify_waiters();
+            self.data_available.notify_waiters();
+        }
+    }
+
+    /// A follower fetched at `fetch_offset`: its progress is recorded, the
+    /// high watermark advanced, and the ISR it could join returned (to be
+    /// proposed), if it may join.
+    pub(crate) fn record_follower_fetch(
+        &self,
+        follower: BrokerId,
+        fetch_offset: i64,
+        now: i64,
+    ) -> Option<Vec<BrokerId>> {
+        let mut log = self.log.lock().expect("log lock poisoned");
+        let s = self.replica.read().expect("replica lock");
+        let mut view = self.leader_view.lock().expect("leader view lock");
+        let v = view.as_mut()?;
+        let end = log.log_end_offset();
+        v.record_fetch(follower, fetch_offset, end, now);
+        self.advance_hw(&mut log, &s, v);
+        v.expand(follower, &s.isr, log.high_watermark())
+    }
+
+    /// The ISR without followers that have not caught up for `lag_ms`, if
+    /// this leader must shrink it.
+    pub(crate) fn isr_to_shrink(&self, now: i64, lag_ms: i64) -> Option<Vec<BrokerId>> {
+        let s = self.replica.read().expect("replica lock");
+        let view = self.leader_view.lock().expect("leader view lock");
+        view.as_ref()?
+            .shrink(self.session.broker_id(), &s.isr, now, lag_ms)
+    }
+
+    /// `min.insync.replicas` of the topic.
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.min_isr.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_min_insync_replicas(&self, n: i32) {
+        self.min_isr.store(n, Ordering::Relaxed);
+    }
+
+    /// NOT_ENOUGH_REPLICAS unless the ISR has `min.insync.replicas` members
+    /// (checked before an acks=all append).
+    pub(crate) fn check_min_isr(&self) -> Result<(), ApiError> {
+        let isr = self.replica.read().expect("replica lock").isr.len() as i32;
+        let min = self.min_insync_replicas();
+        if isr < min {
+            return Err(ApiError::new(
+                ResponseError::NotEnoughReplicas,
+                format!(
+                    "{}-{} has {isr} in-sync replicas, below min.insync.replicas {min}",
+                    self.topic, self.index
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until everything below `offset` is committed (the high
+    /// watermark reached it: every ISR member has it), for an acks=all
+    /// produce. NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR is below
+    /// `min.insync.replicas` when it is; NOT_LEADER_OR_FOLLOWER if leadership
+    /// moved; REQUEST_TIMED_OUT at `deadline`.
+    pub(crate) async fn wait_committed(
+        &self,
+        offset: i64,
+        leader_epoch: i32,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ApiError> {
+        loop {
+            let advanced = self.hw_advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if self.with_log(|l| l.high_watermark()) >= offset {
+                let isr = self.replica.read().expect("replica lock").isr.len() as i32;
+                if isr < self.min_insync_replicas() {
+                    return Err(ApiError::new(
+                        ResponseError::NotEnoughReplicasAfterAppend,
+                        format!(
+                            "{}-{}: written, but the ISR shrank to {isr}, below min.insync.replicas {}",
+                            self.topic,
+                            self.index,
+                            self.min_insync_replicas()
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            if !self.is_leader() || self.leader_epoch() != leader_epoch {
+                return Err(crate::error::not_leader(self));
+            }
+            tokio::select! {
+                _ = &mut advanced => {}
+                // Leadership can lapse without any state change (the session).
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.with_log(|l| l.high_watermark()) >= offset {
+                        continue;
+                    }
+                    return Err(ApiError::new(
+                        ResponseError::RequestTimedOut,
+                        format!(
+                            "{}-{}: not every in-sync replica had the records in time",
+                            self.topic, self.index
+                        ),
+                    ));
+                }
+            }
+        }
     }
 
     /// Runs `f` with the log locked.
@@ -290,8 +483,13 @@ impl Partition {
                 .append(records, leader_epoch, now_ms())
                 .map_err(ApiError::from)?;
             self.track_size(size, l.size_bytes());
+            if let Some(v) = self.leader_view.lock().expect("leader view lock").as_ref() {
+                self.advance_hw(l, &state, v);
+            }
             Ok((info, l.segment_count() > segments))
         })?;
+        // Followers' long polls wait for new data.
+        self.data_available.notify_waiters();
         if rolled && self.policy().remote {
             self.tier.wake_offloader();
         }
@@ -481,8 +679,9 @@ pub struct Broker {
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// Serializes applying images to local replicas.
     pub(crate) applying: tokio::sync::Mutex<()>,
-    /// Woken whenever a high watermark advances (fetch long polls wait here).
-    pub(crate) data_available: Notify,
+    /// Woken whenever a log grows or a high watermark advances (fetch long
+    /// polls wait here).
+    pub(crate) data_available: Arc<Notify>,
     endpoints: Endpoints,
     /// Consumer groups and committed offsets.
     groups: GroupCoordinator,
@@ -498,6 +697,10 @@ pub struct Broker {
     pub(crate) metadata_version: std::sync::atomic::AtomicU64,
     /// Connections to the other brokers.
     pub(crate) peers: crate::peer::Peers,
+    /// Followers' fetchers, one per leader broker.
+    pub(crate) fetchers: crate::fetcher::Fetchers,
+    /// `__consumer_offsets` partitions whose groups are being loaded.
+    pub(crate) loading_offsets: Mutex<std::collections::HashSet<i32>>,
     /// Cancelled when the broker closes: ends its metadata tasks.
     pub(crate) stopping: CancellationToken,
 }
@@ -542,6 +745,7 @@ impl Broker {
     /// partition with no local data continues where the object tier ends).
     pub async fn start(config: BrokerConfig, endpoints: Endpoints) -> anyhow::Result<Arc<Self>> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let config = config.resolved();
         let node_id = if config.cluster.enabled() {
             config
                 .cluster
@@ -600,7 +804,7 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             applying: tokio::sync::Mutex::new(()),
-            data_available: Notify::new(),
+            data_available: Arc::new(Notify::new()),
             endpoints,
             groups: GroupCoordinator::new(config.groups.clone(), offsets),
             producer_ids: tokio::sync::Mutex::new(0..0),
@@ -608,6 +812,8 @@ impl Broker {
             metadata_version: std::sync::atomic::AtomicU64::new(1),
             lake: strata_lake::Lake::new(config.lake.clone(), tier.clone()),
             peers: crate::peer::Peers::new(bind, format!("strata-broker-{node_id}")),
+            fetchers: crate::fetcher::Fetchers::default(),
+            loading_offsets: Mutex::new(Default::default()),
             stopping: CancellationToken::new(),
             tier,
             store,
@@ -615,6 +821,15 @@ impl Broker {
             node_id,
             config,
         });
+        if broker.store.is_cluster() {
+            // Committed offsets go to the replicated __consumer_offsets topic first.
+            broker
+                .groups
+                .store()
+                .set_replicator(Arc::new(crate::offsets_log::OffsetsLog {
+                    broker: Arc::downgrade(&broker),
+                }));
+        }
         let b = broker.clone();
         let img = image.clone();
         tokio::task::spawn_blocking(move || b.remove_stale_dirs(&img)).await??;
@@ -720,12 +935,20 @@ impl Broker {
         self.disk
             .used
             .fetch_add(log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
-        Ok(Arc::new(Partition {
+        let min_isr = TopicConfig(rec.configs.clone())
+            .min_insync_replicas(&self.config.log)
+            .map_err(anyhow::Error::msg)?;
+        let p = Arc::new(Partition {
             topic: rec.name.clone(),
             topic_id: rec.id,
             index,
-            replica: RwLock::new(state),
+            replica: RwLock::new(state.clone()),
             session: self.store.session().clone(),
+            leader_view: Mutex::new(None),
+            isr_pending: std::sync::atomic::AtomicBool::new(false),
+            min_isr: AtomicI32::new(min_isr),
+            hw_advanced: Notify::new(),
+            data_available: self.data_available.clone(),
             log: Mutex::new(log),
             sync_lock: Mutex::new(()),
             flush: self.config.log.flush,
@@ -736,7 +959,12 @@ impl Broker {
             local_bytes: self.disk.used.clone(),
             bytes_in: metrics::counter!("strata_topic_bytes_in_total", "topic" => rec.name.clone()),
             messages_in: metrics::counter!("strata_topic_messages_in_total", "topic" => rec.name.clone()),
-        }))
+        });
+        {
+            let mut log = p.log.lock().expect("log lock poisoned");
+            p.adopt_state(&mut log, &state);
+        }
+        Ok(p)
     }
 
     /// Broker settings.
@@ -899,6 +1127,7 @@ impl Broker {
     /// Flushes and closes every log, leaving clean-shutdown markers. Blocking.
     pub fn close(&self) {
         self.stopping.cancel();
+        self.fetchers.stop_all();
         for topic in self.topics() {
             for p in topic.partitions() {
                 if let Err(e) = p.with_log(|l| l.close()) {

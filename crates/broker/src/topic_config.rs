@@ -63,6 +63,10 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
         doc: "CreateTime or LogAppendTime",
     },
     ConfigKey {
+        name: "min.insync.replicas",
+        doc: "with acks=all, the in-sync replicas a write needs (NOT_ENOUGH_REPLICAS below)",
+    },
+    ConfigKey {
         name: "remote.storage.enable",
         doc: "upload closed segments to the object tier and serve older offsets from it",
     },
@@ -154,6 +158,13 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
             )),
         },
         "index.interval.bytes" => parse_i64(name, value, 0).map(drop),
+        "min.insync.replicas" => parse_i64(name, value, 1).and_then(|v| {
+            if v > i32::MAX as i64 {
+                Err(format!("{name}: {v} is above {}", i32::MAX))
+            } else {
+                Ok(())
+            }
+        }),
         "max.message.bytes" => parse_i64(name, value, 0).and_then(|v| {
             if v > i32::MAX as i64 {
                 Err(format!("{name}: {v} is above {}", i32::MAX))
@@ -207,6 +218,7 @@ impl TopicConfig {
             "compression.type" => "producer".to_string(),
             "index.interval.bytes" => defaults.index_interval_bytes.to_string(),
             "max.message.bytes" => defaults.max_message_bytes.to_string(),
+            "min.insync.replicas" => defaults.min_insync_replicas.to_string(),
             "message.timestamp.type" => defaults.message_timestamp_type.clone(),
             "retention.bytes" => defaults.retention_bytes.to_string(),
             "local.retention.bytes" => defaults.local_retention_bytes.to_string(),
@@ -251,6 +263,7 @@ impl TopicConfig {
     /// (with the lake settings).
     pub fn settings(&self, defaults: &LogDefaults) -> Result<(LogConfig, StoragePolicy), String> {
         self.lake(defaults)?;
+        self.min_insync_replicas(defaults)?;
         Ok((self.resolve(defaults)?, self.storage_policy(defaults)?))
     }
 
@@ -268,6 +281,16 @@ impl TopicConfig {
                 .map_err(|e| format!("lake.value.schema.file: cannot read {file}: {e}"))?
         };
         strata_lake::ValueFormat::parse(&get("lake.value.format"), Some(&schema)).map(Some)
+    }
+
+    /// `min.insync.replicas` of this topic.
+    pub fn min_insync_replicas(&self, defaults: &LogDefaults) -> Result<i32, String> {
+        parse_i64(
+            "min.insync.replicas",
+            &self.value_of("min.insync.replicas", defaults).0,
+            1,
+        )
+        .map(|v| v as i32)
     }
 
     /// The log settings this topic runs with.

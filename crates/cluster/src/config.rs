@@ -35,6 +35,16 @@ pub struct ClusterConfig {
     /// How long a broker stopping on SIGTERM waits for the controller to
     /// move its leaderships away before it stops anyway.
     pub controlled_shutdown_timeout_ms: u64,
+    /// A follower that has not caught up with its leader for this long leaves
+    /// the ISR (`replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// How long a leader holds a follower's fetch waiting for new data
+    /// (`replica.fetch.wait.max.ms`).
+    pub replica_fetch_wait_max_ms: u64,
+    /// Bytes a follower asks for per partition and fetch (`replica.fetch.max.bytes`).
+    pub replica_fetch_max_bytes: u64,
+    /// Bytes a follower asks for per fetch (`replica.fetch.response.max.bytes`).
+    pub replica_fetch_response_max_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -50,6 +60,10 @@ impl Default for ClusterConfig {
             etcd_request_timeout_ms: 5_000,
             default_replication_factor: 1,
             controlled_shutdown_timeout_ms: 30_000,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_response_max_bytes: 10 << 20,
         }
     }
 }
@@ -98,6 +112,24 @@ impl ClusterConfig {
                 "cluster.default_replication_factor must be >= 1, got {}",
                 self.default_replication_factor
             ));
+        }
+        if self.replica_lag_time_max_ms < 100 || self.replica_fetch_wait_max_ms == 0 {
+            return Err(
+                "cluster.replica_lag_time_max_ms must be >= 100 and replica_fetch_wait_max_ms > 0"
+                    .into(),
+            );
+        }
+        if self.replica_fetch_wait_max_ms >= self.replica_lag_time_max_ms {
+            return Err(format!(
+                "cluster.replica_fetch_wait_max_ms ({}) must be below replica_lag_time_max_ms ({}): a follower waiting on a fetch would drop out of the ISR",
+                self.replica_fetch_wait_max_ms, self.replica_lag_time_max_ms
+            ));
+        }
+        if self.replica_fetch_max_bytes < 1024
+            || self.replica_fetch_response_max_bytes < self.replica_fetch_max_bytes
+            || self.replica_fetch_response_max_bytes > i32::MAX as u64
+        {
+            return Err("cluster: need 1024 <= replica_fetch_max_bytes <= replica_fetch_response_max_bytes < 2 GiB".into());
         }
         for e in &self.etcd_endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) {

@@ -685,6 +685,12 @@ impl Log {
         self.hw.is_some()
     }
 
+    /// The high watermark replication set, before the flush bound (`None`
+    /// for a lone replica).
+    pub fn replicated_high_watermark(&self) -> Option<i64> {
+        self.hw.map(|h| h.min(self.log_end_offset()))
+    }
+
     /// Writes the high watermark to its checkpoint if it moved since the
     /// last (removes it for a lone replica).
     pub fn checkpoint_high_watermark(&mut self) -> Result<()> {

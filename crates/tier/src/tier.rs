@@ -1054,6 +1054,15 @@ impl Tier {
         Ok(objects.len())
     }
 
+    /// Forgets a partition's loaded manifest (another broker writes it: the
+    /// next use reads it afresh).
+    pub fn forget_topic_partition(&self, topic_id: Uuid, partition: i32) {
+        self.partitions
+            .lock()
+            .expect("partitions lock")
+            .remove(&(topic_id, partition));
+    }
+
     /// Forgets the remote state of a topic another broker deleted.
     pub fn forget_topic(&self, topic_id: Uuid) {
         self.partitions
@@ -1104,6 +1113,32 @@ impl Tier {
     /// Reads a broker snapshot, if there is one.
     pub async fn get_snapshot(&self, key: &Path) -> Result<Option<Bytes>> {
         Ok(self.remote.get_opt(key).await?.map(|(b, _)| b))
+    }
+
+    /// Like [`Tier::resume_point`], with the leader epoch the last segment
+    /// was written in (-1 when the tier holds no segment).
+    pub async fn resume_point_with_epoch(
+        &self,
+        id: &PartitionId,
+    ) -> Result<Option<(i64, Bytes, i32)>> {
+        let Some((offset, snapshot)) = self.resume_point(id).await? else {
+            return Ok(None);
+        };
+        let rp = self.partition(id).await?;
+        let m = rp.manifest();
+        let epoch = match m.segments.last() {
+            Some(s) => s.leader_epoch,
+            None => match m.chunks.last() {
+                Some(c) => self
+                    .chunk(&c.key)
+                    .await?
+                    .segments
+                    .last()
+                    .map_or(-1, |s| s.leader_epoch),
+                None => -1,
+            },
+        };
+        Ok(Some((offset, snapshot, epoch)))
     }
 
     /// What the tier holds of the partition to continue it on an empty disk:

@@ -600,6 +600,60 @@ impl GroupCoordinator {
         Ok(results)
     }
 
+    /// Rebuilds the groups `owned` selects from `changes` (this broker became
+    /// their coordinator: the changes come from their `__consumer_offsets`
+    /// partition). Blocking.
+    pub fn load(
+        &self,
+        owned: impl Fn(&str) -> bool,
+        changes: &[OffsetChange],
+    ) -> Result<(), crate::groups::offsets::OffsetStoreError> {
+        self.forget_members(&owned);
+        self.store.replace_groups(&owned, changes)?;
+        let loaded: Vec<(String, GroupRecord)> = self.store.read(|i| {
+            i.groups
+                .iter()
+                .filter(|(id, _)| owned(id))
+                .map(|(id, g)| (id.clone(), g.record.clone()))
+                .collect()
+        });
+        let now = crate::state::now_ms();
+        let mut groups = self.groups.lock().expect("groups lock");
+        let mut empty = self.empty_since.lock().expect("empty lock");
+        for (id, record) in loaded {
+            let protocol_type = (!record.protocol_type.is_empty()).then_some(record.protocol_type);
+            groups
+                .entry(id.clone())
+                .or_insert_with(|| Group::new(&id, record.generation, protocol_type));
+            empty.entry(id).or_insert(now);
+        }
+        Ok(())
+    }
+
+    /// Drops the groups `owned` selects, members and offsets (another broker
+    /// coordinates them now). Blocking.
+    pub fn forget(&self, owned: impl Fn(&str) -> bool) {
+        self.forget_members(&owned);
+        if let Err(e) = self.store.replace_groups(&owned, &[]) {
+            warn!(error = %e, "cannot forget groups another broker coordinates");
+        }
+    }
+
+    fn forget_members(&self, owned: &impl Fn(&str) -> bool) {
+        self.groups.lock().expect("groups lock").retain(|id, g| {
+            if owned(id) {
+                g.mark_dead();
+                false
+            } else {
+                true
+            }
+        });
+        self.empty_since
+            .lock()
+            .expect("empty lock")
+            .retain(|id, _| !owned(id));
+    }
+
     /// Removes a deleted topic's offsets from every group. Blocking.
     pub fn topic_deleted(&self, topic: &str) {
         if let Err(e) = self.store.apply(&[OffsetChange::DeleteTopic {

@@ -1,6 +1,11 @@
 //! Durable committed offsets: an in-memory image, a journal of changes and a
 //! snapshot, in the metadata directory.
 //!
+//! In a cluster the journal is this broker's cache: every change is first
+//! made durable through an [`OffsetReplicator`] (the group's partition of the
+//! replicated `__consumer_offsets` topic), so a coordinator that takes over a
+//! group rebuilds it from that partition ([`OffsetStore::replace_groups`]).
+//!
 //! # Crash consistency
 //! - A change is durable when [`OffsetStore::apply`] returns: its journal
 //!   frame (length, CRC-32C, JSON) is written and fsynced first.
@@ -174,6 +179,17 @@ pub enum OffsetStoreError {
         /// What the parser said.
         reason: String,
     },
+    /// The replicated copy could not be written (this broker no longer
+    /// coordinates the group, or its replicas did not confirm in time).
+    #[error("offsets not replicated: {0}")]
+    Replication(String),
+}
+
+/// Makes offset changes durable beyond this broker before they apply.
+pub trait OffsetReplicator: Send + Sync {
+    /// Writes `changes` durably where every in-sync replica has them.
+    /// Blocking.
+    fn replicate(&self, changes: &[OffsetChange]) -> Result<(), String>;
 }
 
 const IMAGE_VERSION: u32 = 1;
@@ -191,6 +207,7 @@ struct Inner {
 pub struct OffsetStore {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    replicator: std::sync::RwLock<Option<std::sync::Arc<dyn OffsetReplicator>>>,
 }
 
 impl std::fmt::Debug for OffsetStore {
@@ -259,7 +276,32 @@ impl OffsetStore {
                 journal,
                 journal_len: valid as u64,
             }),
+            replicator: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Routes every later change through `replicator` first (a cluster).
+    pub fn set_replicator(&self, replicator: std::sync::Arc<dyn OffsetReplicator>) {
+        *self.replicator.write().expect("replicator lock") = Some(replicator);
+    }
+
+    /// Replaces every group matching `owned` with the groups `changes`
+    /// build (a coordinator loading its partition of `__consumer_offsets`),
+    /// locally only. Blocking.
+    pub fn replace_groups(
+        &self,
+        owned: impl Fn(&str) -> bool,
+        changes: &[OffsetChange],
+    ) -> Result<(), OffsetStoreError> {
+        let stale: Vec<OffsetChange> = self.read(|img| {
+            img.groups
+                .keys()
+                .filter(|g| owned(g))
+                .map(|g| OffsetChange::DeleteGroup { group: g.clone() })
+                .collect()
+        });
+        self.apply_local(&stale)?;
+        self.apply_local(changes)
     }
 
     /// A copy of the whole image.
@@ -272,8 +314,23 @@ impl OffsetStore {
         f(&self.inner.lock().expect("offset store lock").image)
     }
 
-    /// Makes `changes` durable, then visible. Blocking (fsync).
+    /// Makes `changes` durable (replicated first, in a cluster), then
+    /// visible. Blocking (fsync).
     pub fn apply(&self, changes: &[OffsetChange]) -> Result<(), OffsetStoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let replicator = self.replicator.read().expect("replicator lock").clone();
+        if let Some(r) = replicator {
+            r.replicate(changes)
+                .map_err(OffsetStoreError::Replication)?;
+        }
+        self.apply_local(changes)
+    }
+
+    /// Makes `changes` durable in this broker's journal, then visible.
+    /// Blocking (fsync).
+    pub fn apply_local(&self, changes: &[OffsetChange]) -> Result<(), OffsetStoreError> {
         if changes.is_empty() {
             return Ok(());
         }

@@ -35,7 +35,9 @@ pub(super) fn topic_config_type(name: &str) -> i8 {
         | "lake.value.format"
         | "lake.value.schema"
         | "lake.value.schema.file" => TYPE_STRING,
-        "index.interval.bytes" | "max.message.bytes" | "segment.bytes" => TYPE_INT,
+        "index.interval.bytes" | "max.message.bytes" | "segment.bytes" | "min.insync.replicas" => {
+            TYPE_INT
+        }
         "remote.storage.enable" | "lake.enable" | "unclean.leader.election.enable" => TYPE_BOOLEAN,
         _ => TYPE_LONG,
     }

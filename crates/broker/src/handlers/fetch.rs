@@ -1,4 +1,8 @@
-//! Fetch: hot reads from local segments, cold reads through the object tier, long polls.
+//! Fetch: hot reads from local segments, cold reads through the object tier,
+//! long polls; and followers' fetches (a replica id set), which read past the
+//! high watermark to the log end, report the follower's log end (the fetch
+//! offset) to the leader, and learn of a divergent tail through the
+//! diverging epoch (KIP-595's fetch field, Kafka 2.7+).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +26,14 @@ pub(super) struct FetchTarget {
     partition: Result<Arc<Partition>, ApiError>,
     offset: i64,
     max_bytes: usize,
+    /// The follower fetching (replica fetches only).
+    replica: Option<i32>,
+    /// The epoch of the follower's last record (-1: not given).
+    last_fetched_epoch: i32,
 }
+
+/// An ISR a follower may now join, to propose.
+pub(super) type IsrProposal = (Arc<Partition>, Vec<i32>);
 
 pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     // Fetch sessions are refused correctly: a full fetch gets session id 0
@@ -34,6 +45,12 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
         return Reply::Now(ResponseKind::Fetch(resp));
     }
     let by_id = version >= 13;
+    let replica_id = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let replica = (replica_id >= 0).then_some(replica_id);
     let mut topics = Vec::new();
     let mut targets = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
@@ -54,6 +71,12 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
                     .and_then(|topic| leader_partition(&topic, p.partition, epoch)),
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
+                replica,
+                last_fetched_epoch: if version >= 12 {
+                    p.last_fetched_epoch
+                } else {
+                    -1
+                },
             });
         }
     }
@@ -78,7 +101,13 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (parts, bytes, errors) = match read_all(&broker, &targets, max_bytes).await {
-                Ok(r) => r,
+                Ok((parts, bytes, errors, proposals)) => {
+                    for (p, isr) in proposals {
+                        let b = broker.clone();
+                        tokio::spawn(async move { b.propose_isr(&p, isr).await });
+                    }
+                    (parts, bytes, errors)
+                }
                 Err(e) => {
                     warn!(error = %e, "fetch read task failed");
                     let mut resp = FetchResponse::default();
@@ -163,13 +192,15 @@ pub(super) enum Slot {
 /// the response byte limit in request order (the first partition with data
 /// always keeps its first batch). Returns the answers, the bytes and whether
 /// any partition has an error.
+#[allow(clippy::type_complexity)]
 pub(super) async fn read_all(
     broker: &Arc<Broker>,
     targets: &Arc<Vec<FetchTarget>>,
     max_bytes: usize,
-) -> Result<(Vec<(usize, PartitionData)>, usize, bool), tokio::task::JoinError> {
+) -> Result<(Vec<(usize, PartitionData)>, usize, bool, Vec<IsrProposal>), tokio::task::JoinError> {
     let t = targets.clone();
-    let mut slots = tokio::task::spawn_blocking(move || read_partitions(&t, max_bytes)).await?;
+    let (mut slots, proposals) =
+        tokio::task::spawn_blocking(move || read_partitions(&t, max_bytes)).await?;
     let cold: Vec<usize> = slots
         .iter()
         .enumerate()
@@ -239,14 +270,20 @@ pub(super) async fn read_all(
         }
         out.push((topic, pd));
     }
-    Ok((out, total, any_error))
+    Ok((out, total, any_error, proposals))
 }
 
 /// Reads the fetched partitions held locally; those only the object tier
-/// holds become cold slots. Blocking.
-pub(super) fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<(usize, Slot)> {
+/// holds become cold slots. Followers' fetches also move their leader's
+/// bookkeeping (and may let them join the ISR: returned). Blocking.
+pub(super) fn read_partitions(
+    targets: &[FetchTarget],
+    max_bytes: usize,
+) -> (Vec<(usize, Slot)>, Vec<IsrProposal>) {
     let mut out = Vec::with_capacity(targets.len());
+    let mut proposals = Vec::new();
     let mut total = 0usize;
+    let now = crate::state::now_ms();
     for t in targets {
         let mut pd = PartitionData::default();
         pd.partition_index = t.index;
@@ -257,10 +294,34 @@ pub(super) fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<
             if !p.is_leader() {
                 return Err(crate::error::not_leader(&p));
             }
+            if let Some(follower) = t.replica {
+                if t.last_fetched_epoch >= 0 {
+                    let end = p.with_log(|l| l.end_offset_for_epoch(t.last_fetched_epoch));
+                    if end.epoch < t.last_fetched_epoch || end.end_offset < t.offset {
+                        // The follower's tail diverges from this log: it
+                        // truncates to where its epoch ends here and asks again.
+                        let offsets = p.offsets();
+                        pd.high_watermark = offsets.high_watermark;
+                        pd.log_start_offset = offsets.log_start;
+                        pd.diverging_epoch.epoch = end.epoch;
+                        pd.diverging_epoch.end_offset = end.end_offset;
+                        return Ok(Bytes::new());
+                    }
+                }
+                if let Some(isr) = p.record_follower_fetch(follower, t.offset, now) {
+                    proposals.push((p.clone(), isr));
+                }
+            }
             let offsets = p.offsets();
             pd.high_watermark = offsets.high_watermark;
             pd.last_stable_offset = offsets.high_watermark;
             pd.log_start_offset = offsets.log_start;
+            // Followers read to the log end; everyone else to the high watermark.
+            let visible_end = if t.replica.is_some() {
+                offsets.log_end
+            } else {
+                offsets.high_watermark
+            };
             if t.offset < offsets.log_start || t.offset > offsets.log_end {
                 return Err(ApiError::new(
                     ResponseError::OffsetOutOfRange,
@@ -270,15 +331,26 @@ pub(super) fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<
                     ),
                 ));
             }
-            if t.offset >= offsets.high_watermark || total >= max_bytes {
+            if t.offset >= visible_end || total >= max_bytes {
                 return Ok(Bytes::new());
             }
             let limit = t.max_bytes.min(max_bytes - total);
             if t.offset < offsets.local_start {
-                if offsets
+                let remote = offsets
                     .remote
-                    .is_some_and(|(s, e)| s <= t.offset && t.offset < e)
-                {
+                    .is_some_and(|(s, e)| s <= t.offset && t.offset < e);
+                if remote && t.replica.is_some() {
+                    // A follower does not copy history the tier holds: it
+                    // starts where this leader's local log does (KIP-405).
+                    return Err(ApiError::new(
+                        ResponseError::OffsetMovedToTieredStorage,
+                        format!(
+                            "offset {} is in the object tier; local data starts at {}",
+                            t.offset, offsets.local_start
+                        ),
+                    ));
+                }
+                if remote {
                     cold = Some((p.clone(), limit));
                     return Ok(Bytes::new());
                 }
@@ -294,7 +366,7 @@ pub(super) fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<
             // than the limits, so a consumer can always make progress (KIP-74).
             let min_one = total == 0;
             let plan = p
-                .with_log(|l| l.read_plan(t.offset))
+                .with_log(|l| l.read_plan_to(t.offset, visible_end))
                 .map_err(ApiError::from)?;
             plan.read(limit, min_one).map_err(ApiError::storage)
         });
@@ -323,5 +395,5 @@ pub(super) fn read_partitions(targets: &[FetchTarget], max_bytes: usize) -> Vec<
         }
         out.push((t.topic, Slot::Done(pd)));
     }
-    out
+    (out, proposals)
 }

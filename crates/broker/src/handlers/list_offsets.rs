@@ -1,4 +1,7 @@
-//! ListOffsets: earliest, latest, by timestamp, locally and in the object tier.
+//! ListOffsets (earliest, latest, by timestamp, locally and in the object
+//! tier) and OffsetsForLeaderEpoch (where a leader epoch ends in the
+//! leader's log: consumers validate their position with it after a leader
+//! change, KIP-320).
 
 use std::sync::Arc;
 
@@ -186,6 +189,48 @@ pub(super) async fn list_offsets(
                 }
             }
             tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    resp
+}
+
+/// OffsetsForLeaderEpoch: for each partition, the largest epoch at or below
+/// the one asked about and where it ends in this leader's log (-1, -1 when
+/// the log knows no such epoch).
+pub(super) fn offsets_for_leader_epoch(
+    broker: &Arc<Broker>,
+    req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
+) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
+    use kafka_protocol::messages::offset_for_leader_epoch_response::{
+        EpochEndOffset, OffsetForLeaderTopicResult,
+    };
+    let mut resp = kafka_protocol::messages::OffsetForLeaderEpochResponse::default();
+    for t in req.topics {
+        let topic = broker
+            .topic(&t.topic.0)
+            .ok_or_else(|| ApiError::unknown_topic(&t.topic.0));
+        let mut tr = OffsetForLeaderTopicResult::default();
+        tr.topic = t.topic.clone();
+        for p in t.partitions {
+            let mut r = EpochEndOffset::default();
+            r.partition = p.partition;
+            let found = topic.clone().and_then(|topic| {
+                let part = leader_partition(&topic, p.partition, p.current_leader_epoch)?;
+                Ok(part.with_log(|l| l.end_offset_for_epoch(p.leader_epoch)))
+            });
+            match found {
+                Ok(end) => {
+                    r.leader_epoch = end.epoch;
+                    r.end_offset = end.end_offset;
+                }
+                Err(e) => {
+                    r.error_code = e.code();
+                    r.leader_epoch = -1;
+                    r.end_offset = -1;
+                }
+            }
+            tr.partitions.push(r);
         }
         resp.topics.push(tr);
     }

@@ -91,6 +91,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
     (ApiKey::IncrementalAlterConfigs, None),
     (ApiKey::OffsetDelete, None),
     (ApiKey::DescribeCluster, None),
+    (ApiKey::OffsetForLeaderEpoch, None),
 ];
 
 /// Versions of `key` Strata answers, or `None` if it does not serve the API.
@@ -230,6 +231,9 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
         )),
         R::IncrementalAlterConfigs(r) => Reply::Now(ResponseKind::IncrementalAlterConfigs(
             configs::incremental_alter_configs(broker, r, forward).await,
+        )),
+        R::OffsetForLeaderEpoch(r) => Reply::Now(ResponseKind::OffsetForLeaderEpoch(
+            list_offsets::offsets_for_leader_epoch(broker, r),
         )),
         R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
             metadata::describe_cluster(broker, r),

@@ -24,6 +24,8 @@ pub(super) struct ProduceSlot {
     topic: usize,
     index: i32,
     outcome: Result<(Arc<Partition>, strata_log::AppendInfo), ApiError>,
+    /// The leader epoch the records were appended under.
+    leader_epoch: i32,
 }
 
 pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
@@ -79,7 +81,13 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
             let target = topic
                 .clone()
                 .and_then(|topic| leader_partition(&topic, p.index, -1))
-                .and_then(|part| disk.clone().map(|()| part));
+                .and_then(|part| disk.clone().map(|()| part))
+                .and_then(|part| {
+                    if acks == -1 {
+                        part.check_min_isr()?;
+                    }
+                    Ok(part)
+                });
             let item = target.and_then(|part| match &p.records {
                 Some(r) if !r.is_empty() => {
                     let epoch = part.leader_epoch();
@@ -107,14 +115,17 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
     let slots = tokio::task::spawn_blocking(move || {
         work.into_iter()
             .map(|(topic, index, item)| {
+                let mut leader_epoch = -1;
                 let outcome = item.and_then(|(part, epoch, mut bytes)| {
                     let info = part.append(&mut bytes, epoch)?;
+                    leader_epoch = epoch;
                     Ok((part, info))
                 });
                 ProduceSlot {
                     topic,
                     index,
                     outcome,
+                    leader_epoch,
                 }
             })
             .collect::<Vec<_>>()
@@ -150,8 +161,30 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
         .iter()
         .map(|t| (t.name.clone(), t.topic_id))
         .collect();
+    let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
     Reply::Later(Box::pin(async move {
-        let sync_error = durable.await;
+        let mut sync_error = durable.await;
+        if acks == -1 {
+            // acks=all: every in-sync replica has the records.
+            let deadline = tokio::time::Instant::now() + timeout;
+            let waits = slots.iter().filter_map(|s| {
+                let (part, info) = s.outcome.as_ref().ok()?;
+                if sync_error
+                    .iter()
+                    .any(|(t, i, _)| *t == part.topic && *i == part.index)
+                {
+                    return None;
+                }
+                let (part, end, epoch) = (part.clone(), info.last_offset + 1, s.leader_epoch);
+                Some(async move {
+                    part.wait_committed(end, epoch, deadline)
+                        .await
+                        .err()
+                        .map(|e| (part.topic.clone(), part.index, e))
+                })
+            });
+            sync_error.extend(futures::future::join_all(waits).await.into_iter().flatten());
+        }
         let img = broker.image();
         let mut hinted = std::collections::BTreeSet::new();
         let mut resp = ProduceResponse::default();
