@@ -2,7 +2,8 @@
 # Installs what the build and the tests need, and only what is missing:
 #   protoc with its well-known types (Debian protobuf-compiler and
 #   libprotobuf-dev: etcd-client compiles etcd's protos at build time), etcd
-#   (Debian etcd-server, for the cluster tests), kcat (Debian), Python
+#   (Debian etcd-server, for the cluster tests), iptables (the partition
+#   tests cut loopback links with it), kcat (Debian), Python
 #   packages pinned in tests/requirements.txt (clients,
 #   pytest, the moto S3 server), s3s-fs (crates.io, built into the tools
 #   cache), Node packages locked in tests/e2e/js/package-lock.json.
@@ -35,6 +36,7 @@ command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi

@@ -112,12 +112,12 @@ class Cluster:
 
     def __init__(self, binary: Path, workdir: Path, etcd: Etcd, n: int = 3,
                  config: dict[str, Any] | None = None, name: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, first_host: int = 1):
         self.binary = binary
         self.workdir = workdir
         self.etcd = etcd
         self.name = name or f"c{uuid.uuid4().hex[:10]}"
-        self.hosts = tuple(f"127.0.0.{i + 1}" for i in range(n))
+        self.hosts = tuple(f"127.0.0.{i + first_host}" for i in range(n))
         self.port = free_port(self.hosts)
         self.brokers: list[Broker] = []
         for i, host in enumerate(self.hosts):
@@ -207,3 +207,40 @@ def produce_one(bootstrap: str, topic: str, partition: int, value: bytes, timeou
 
 def env_messages(default: int) -> int:
     return int(os.environ.get("STRATA_E2E_MESSAGES", str(default)))
+
+
+def isr(c: Cluster, topic: str) -> dict[int, list[int]]:
+    return {i: p["isr"] for i, p in c.partitions(topic).items()}
+
+
+class Firewall:
+    """iptables rules on loopback addresses, in a chain of their own."""
+
+    CHAIN = "STRATA-E2E"
+
+    def __init__(self):
+        self._run("-N", self.CHAIN, check=False)
+        self._run("-F", self.CHAIN)
+        if self._run("-C", "OUTPUT", "-j", self.CHAIN, check=False) != 0:
+            self._run("-I", "OUTPUT", "-j", self.CHAIN)
+
+    @staticmethod
+    def _run(*args: str, check: bool = True) -> int:
+        r = subprocess.run(["iptables", *args], capture_output=True)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"iptables {' '.join(args)}: {r.stderr.decode()}")
+        return r.returncode
+
+    def cut(self, a: str, others: list[str]) -> None:
+        """Drops every packet between `a` and each of `others`, both ways."""
+        for o in others:
+            self._run("-A", self.CHAIN, "-s", a, "-d", o, "-j", "DROP")
+            self._run("-A", self.CHAIN, "-s", o, "-d", a, "-j", "DROP")
+
+    def heal(self) -> None:
+        self._run("-F", self.CHAIN)
+
+    def close(self) -> None:
+        self.heal()
+        self._run("-D", "OUTPUT", "-j", self.CHAIN, check=False)
+        self._run("-X", self.CHAIN, check=False)

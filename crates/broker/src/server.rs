@@ -344,6 +344,7 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
                 }
             }
             _ = retention_tick.tick() => {
+                broker.refresh_followed_manifests().await;
                 let b = broker.clone();
                 if let Err(e) = tokio::task::spawn_blocking(move || b.enforce_retention()).await {
                     error!(error = %e, "retention task failed");

@@ -156,6 +156,32 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+impl Broker {
+    /// Re-reads the remote manifest of every tiered partition this broker
+    /// follows (their leaders write them), so local retention drops only
+    /// segments the object tier holds.
+    pub(crate) async fn refresh_followed_manifests(&self) {
+        let followed: Vec<Arc<Partition>> = self
+            .topics()
+            .into_iter()
+            .flat_map(|t| t.partitions())
+            .filter(|p| p.policy().remote && !p.is_leader())
+            .collect();
+        let tier = self.tier().clone();
+        futures::stream::iter(followed)
+            .for_each_concurrent(16, |p| {
+                let tier = tier.clone();
+                async move {
+                    tier.forget_topic_partition(p.topic_id, p.index);
+                    if let Err(e) = tier.partition(&p.remote_id()).await {
+                        tracing::debug!(topic = %p.topic, partition = p.index, error = %e, "cannot read the remote manifest");
+                    }
+                }
+            })
+            .await;
+    }
+}
+
 /// Loads the manifests of every tiered partition this broker leads, so reads
 /// below the hot window and retention know what the object tier holds from
 /// the start. The single broker then deletes objects of topics that no

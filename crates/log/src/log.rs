@@ -556,6 +556,11 @@ impl Log {
     /// inside a batch cuts at that batch's start. No-op at or beyond the end.
     pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> Result<()> {
         if offset >= self.log_end_offset() {
+            // Nothing to cut, but an epoch begun at the end (this replica led
+            // it and wrote nothing) is not part of the leader's history.
+            if self.epochs.truncate_from_end(offset) {
+                self.epochs.save(&self.dir)?;
+            }
             return Ok(());
         }
         if offset <= self.log_start_offset() {
@@ -1611,6 +1616,18 @@ mod replication_tests {
         let rebuilt = Log::open(dir.path(), cfg(), 0).unwrap();
         // Epoch 6 wrote nothing: only the batches' epochs come back.
         assert_eq!(rebuilt.epoch_entries(), &entries[..entries.len() - 1]);
+    }
+
+    #[test]
+    fn truncating_at_the_end_drops_an_empty_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = leader(dir.path(), &[1, 1, 1]);
+        let end = log.log_end_offset();
+        log.begin_epoch(4).unwrap();
+        assert_eq!(log.latest_epoch(), 4);
+        log.truncate_to(end, 0).unwrap();
+        assert_eq!(log.latest_epoch(), 1, "epoch 4 wrote nothing here");
+        assert_eq!(log.log_end_offset(), end);
     }
 
     #[test]

@@ -1,0 +1,262 @@
+"""Replication between three brokers on loopback, with one etcd: every
+acknowledged write survives the loss of any broker (Kafka's promise for
+acks=all), checked by a history checker in the spirit of Jepsen's Kafka
+workload (history.py) under kill -9, a paused (zombie) leader and a network
+partition; a wiped broker rejoins from the object tier; consumer groups
+survive their coordinator.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cluster_support import SESSION_MS, Cluster, Etcd, Firewall, isr, wait_until
+from conftest import BrokerError
+from history import ConsumerThread, History, ProducerThread, check, final_read, summary
+from kafka_wire import PRODUCE, Connection, frame, parse_produce_v3, produce_v3, record_batch
+
+NOT_LEADER_OR_FOLLOWER = 6
+NOT_ENOUGH_REPLICAS = 19
+PARTITIONS = 3
+#: Followers leave the ISR after this much lag in these tests.
+LAG_MS = 3000
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    e = Etcd(tmp_path_factory.mktemp("etcd")).start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def cluster_factory(strata_bin, tmp_path, etcd):
+    made: list[Cluster] = []
+
+    def make(config: dict | None = None, env: dict | None = None, first_host: int = 1) -> Cluster:
+        cfg = {"cluster": {"replica_lag_time_max_ms": LAG_MS}, "groups": {"offsets_topic_num_partitions": 6}}
+        for k, v in (config or {}).items():
+            cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
+        c = Cluster(strata_bin, tmp_path / f"cluster{len(made)}", etcd, config=cfg, env=env, first_host=first_host)
+        made.append(c)
+        return c.start()
+
+    yield make
+    problems = []
+    for c in made:
+        problems += c.stop()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def create(c: Cluster, name: str, partitions: int = PARTITIONS, **config: str) -> None:
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=3,
+                                  config={"min.insync.replicas": "2", **config})])[name].result(60)
+    wait_until(lambda: len(c.partitions(name)) == partitions
+               and all(len(p["isr"]) == 3 and p["leader"] >= 0 for p in c.partitions(name).values()),
+               30, f"{name} fully replicated")
+
+
+def all_in_sync(c: Cluster, topic: str, broker: int | None = None) -> bool:
+    parts = c.partitions(topic)
+    return bool(parts) and all(
+        p["leader"] >= 0 and (broker in p["isr"] if broker is not None else len(p["isr"]) == 3)
+        for p in parts.values())
+
+
+def verify(h: History, c: Cluster, topic: str, partitions: int = PARTITIONS, minimum: int = 1000) -> None:
+    final_read(h, c.bootstrap, topic, partitions)
+    problems = check(h)
+    assert not problems, summary(h, problems)
+    assert h.acknowledged >= minimum, summary(h, problems)
+
+
+def test_acks_all_survives_ten_leader_kills(cluster_factory):
+    c = cluster_factory()
+    topic = "kills"
+    create(c, topic)
+    h = History()
+    producer = ProducerThread(h, c.bootstrap, topic, PARTITIONS, "p1")
+    consumer = ConsumerThread(h, c.bootstrap, topic, PARTITIONS, "c1")
+    producer.start()
+    consumer.start()
+    try:
+        for round in range(10):
+            time.sleep(1)
+            victim = c.partitions(topic)[round % PARTITIONS]["leader"]
+            c.brokers[victim].kill9()
+            c.wait_for(lambda s: all(p["leader"] not in (-1, victim) for t in s["topics"] if t["name"] == topic
+                                     for p in t["partitions"]),
+                       what=f"round {round}: new leaders", timeout=SESSION_MS / 1000 + 10)
+            c.brokers[victim].start(port=c.port)
+            wait_until(lambda: all_in_sync(c, topic, victim), 60, f"round {round}: broker {victim} back in every ISR")
+    finally:
+        producer.stop()
+        consumer.stop()
+    verify(h, c, topic, minimum=2000)
+
+
+def test_a_zombie_leader_acknowledges_nothing_and_its_tail_is_truncated(cluster_factory):
+    # The ISR keeps the paused broker for a while: the new leader is elected
+    # from an ISR that the zombie still belongs to.
+    c = cluster_factory({"cluster": {"replica_lag_time_max_ms": 20_000}})
+    topic = "zombie"
+    create(c, topic, partitions=1)
+    h = History()
+    producer = ProducerThread(h, c.bootstrap, topic, 1, "p1")
+    producer.start()
+    try:
+        time.sleep(1)
+        leader = c.partitions(topic)[0]["leader"]
+        epoch = c.partitions(topic)[0]["leader_epoch"]
+        followers = [i for i in range(3) if i != leader]
+        # The followers stop copying for a moment: the leader's log runs
+        # ahead of what they have (written, not committed).
+        for f in followers:
+            c.brokers[f].proc.send_signal(signal.SIGSTOP)
+        time.sleep(1)
+        zombie = c.brokers[leader]
+        zombie.proc.send_signal(signal.SIGSTOP)
+        for f in followers:
+            c.brokers[f].proc.send_signal(signal.SIGCONT)
+        # A follower is elected in its place; the producer moves on to it.
+        c.wait_for(lambda s: all(p["leader"] in followers and p["leader_epoch"] > epoch
+                                 for t in s["topics"] if t["name"] == topic for p in t["partitions"]),
+                   what="a new leader", timeout=SESSION_MS / 1000 + 15, via=followers[0])
+        time.sleep(2)
+        conn = Connection(zombie.bootstrap)
+        conn.send_raw(frame(PRODUCE, 3, 1, produce_v3(topic, 0, record_batch([b"zombie write"]))))
+        zombie.proc.send_signal(signal.SIGCONT)
+        size = int.from_bytes(conn.recv_exact(4), "big")
+        results = parse_produce_v3(conn.recv_exact(size)[4:])
+        conn.close()
+        assert [r.error_code for r in results] == [NOT_LEADER_OR_FOLLOWER], results
+        wait_until(lambda: all_in_sync(c, topic), 60, "the old leader back in the ISR")
+        time.sleep(2)
+    finally:
+        producer.stop()
+    verify(h, c, topic, partitions=1, minimum=500)
+    log = zombie.stderr_path.read_text(errors="replace")
+    assert "truncating a divergent tail" in log, "the zombie's unreplicated tail was not truncated"
+    wait_until(lambda: len(replica_ends(c, topic)) == 1, 10, "every replica with the same log end and high watermark")
+
+
+def replica_ends(c: Cluster, topic: str) -> set:
+    import json
+    import urllib.request
+
+    ends = set()
+    for b in c.brokers:
+        t = json.loads(urllib.request.urlopen(b.http + f"/v1/topics/{topic}").read())
+        ends.add(tuple((p["log_end"], p["high_watermark"]) for p in t["partitions"]))
+    return ends
+
+
+def test_a_leader_cut_off_from_its_followers_loses_nothing(cluster_factory):
+    # Brokers on 127.0.0.2-4; the clients stay on 127.0.0.1, outside the cut.
+    c = cluster_factory(first_host=2)
+    topic = "partitioned"
+    create(c, topic, partitions=1)
+    h = History()
+    producer = ProducerThread(h, c.bootstrap, topic, 1, "p1")
+    producer.start()
+    fw = Firewall()
+    try:
+        time.sleep(1)
+        leader = c.partitions(topic)[0]["leader"]
+        others = [c.hosts[i] for i in range(3) if i != leader]
+        fw.cut(c.hosts[leader], others)
+        # The leader keeps its etcd lease but its followers cannot fetch: it
+        # shrinks the ISR to itself, and acks=all writes are refused.
+        wait_until(lambda: isr(c, topic)[0] == [leader], LAG_MS / 1000 + 20, "the ISR shrunk to the leader")
+        conn = Connection(c.brokers[leader].bootstrap)
+        body = conn.request(PRODUCE, 3, produce_v3(topic, 0, record_batch([b"lonely write"]), acks=-1))
+        conn.close()
+        assert [r.error_code for r in parse_produce_v3(body)] == [NOT_ENOUGH_REPLICAS]
+        time.sleep(2)
+        fw.heal()
+        wait_until(lambda: all_in_sync(c, topic), 60, "the followers back in the ISR")
+        time.sleep(2)
+    finally:
+        fw.close()
+        producer.stop()
+    verify(h, c, topic, partitions=1, minimum=500)
+
+
+def test_a_wiped_broker_rejoins_from_the_tier_and_its_peers(cluster_factory, moto):
+    from tier_support import Workload, tier_config
+
+    bucket = moto.new_bucket()
+    c = cluster_factory(tier_config(bucket), env=moto.broker_env())
+    topic = "wiped"
+    create(c, topic, **{"remote.storage.enable": "true", "segment.bytes": "65536",
+                        "local.retention.bytes": "131072"})
+    w = Workload(topic, PARTITIONS, per_partition=1500)
+    w.produce(c.bootstrap, **{"batch.size": 16384})
+    ctrl = c.controller()
+    victim = next(i for i in range(3) if i != ctrl)
+    b = c.brokers[victim]
+    b.stop()
+    import shutil
+    shutil.rmtree(b.data_dir)
+    b.start(port=c.port)
+    wait_until(lambda: all_in_sync(c, topic, victim), 60, "the wiped broker back in every ISR")
+    # It did not copy the history the tier holds: its local logs start late.
+    import json
+    import urllib.request
+    t = json.loads(urllib.request.urlopen(b.http + f"/v1/topics/{topic}").read())
+    starts = [p["local_start"] for p in t["partitions"]]
+    assert all(s > 0 for s in starts), f"the wiped broker copied everything: local starts {starts}"
+    # Everything is still readable, also once it leads.
+    for _ in range(2):
+        ctrl = c.controller()
+        other = next(i for i in range(3) if i not in (ctrl, victim))
+        c.brokers[other].kill9()
+        time.sleep(SESSION_MS / 1000 + 2)
+        from e2e_support import consume_confluent
+        w.verify(consume_confluent(c.bootstrap, topic, PARTITIONS))
+        c.brokers[other].start(port=c.port)
+        wait_until(lambda: all_in_sync(c, topic), 60, "every broker back in the ISR")
+        break
+
+
+def test_a_group_resumes_from_its_commits_after_its_coordinator_dies(cluster_factory):
+    c = cluster_factory({"groups": {"initial_rebalance_delay_ms": 0}})
+    topic = "grouped"
+    create(c, topic)
+    producer = Producer({"bootstrap.servers": c.bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(3000):
+        producer.produce(topic, f"m{i}".encode(), partition=i % PARTITIONS)
+    assert producer.flush(60) == 0
+
+    def consume(n: int) -> list[tuple[int, int]]:
+        cons = Consumer({"bootstrap.servers": c.bootstrap, "group.id": "survivor", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, "session.timeout.ms": 6000})
+        cons.subscribe([topic])
+        got: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 90
+        while len(got) < n and time.monotonic() < deadline:
+            m = cons.poll(0.5)
+            if m is None or m.error():
+                continue
+            got.append((m.partition(), m.offset()))
+            cons.commit(message=m, asynchronous=False)
+        cons.close()
+        return got
+
+    first = consume(1500)
+    assert len(first) == 1500
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
+    coordinator = admin.describe_consumer_groups(["survivor"])["survivor"].result(30).coordinator.id
+    c.brokers[coordinator].kill9()
+    second = consume(1500)
+    assert len(second) == 1500, f"only {len(second)} after the coordinator died"
+    assert not set(first) & set(second), "the group re-read committed messages"
+    assert len(set(first) | set(second)) == 3000
+    c.brokers[coordinator].start(port=c.port)
