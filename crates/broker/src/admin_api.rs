@@ -111,6 +111,10 @@ pub struct PartitionView {
     pub isr: Vec<i32>,
     /// Replicas on brokers that are not registered.
     pub offline_replicas: Vec<i32>,
+    /// Replicas a reassignment under way adds.
+    pub adding_replicas: Vec<i32>,
+    /// Replicas a reassignment under way removes.
+    pub removing_replicas: Vec<i32>,
 }
 
 /// A topic's partitions in the cluster.
@@ -222,6 +226,8 @@ impl Broker {
                                     .copied()
                                     .filter(|b| !img.is_live(*b))
                                     .collect(),
+                                adding_replicas: s.value.adding_replicas.clone(),
+                                removing_replicas: s.value.removing_replicas.clone(),
                             },
                             None => PartitionView {
                                 partition: i,
@@ -230,6 +236,8 @@ impl Broker {
                                 replicas: Vec::new(),
                                 isr: Vec::new(),
                                 offline_replicas: Vec::new(),
+                                adding_replicas: Vec::new(),
+                                removing_replicas: Vec::new(),
                             },
                         })
                         .collect(),

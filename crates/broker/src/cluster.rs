@@ -35,6 +35,9 @@ use crate::handlers::OFFSETS_TOPIC;
 use crate::state::Broker;
 use crate::topic_config::TopicConfig;
 
+mod reassign;
+pub use reassign::ReassignRequest;
+
 /// `client.id` of requests one broker sends another; such requests are
 /// never forwarded again.
 pub const PEER_CLIENT_PREFIX: &str = "strata-broker-";

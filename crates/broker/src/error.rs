@@ -138,6 +138,7 @@ pub(crate) fn plan_error(e: strata_cluster::controller::PlanError) -> ApiError {
         E::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         E::TopicExists(_) => ResponseError::TopicAlreadyExists,
         E::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        E::NoReassignmentInProgress(_) => ResponseError::NoReassignmentInProgress,
         _ => ResponseError::InvalidRequest,
     };
     ApiError::new(code, e.to_string())

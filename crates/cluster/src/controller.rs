@@ -49,6 +49,9 @@ pub enum PlanError {
     /// `UNKNOWN_TOPIC_OR_PARTITION`.
     #[error("{0}")]
     UnknownTopic(String),
+    /// `NO_REASSIGNMENT_IN_PROGRESS`.
+    #[error("{0}")]
+    NoReassignmentInProgress(String),
 }
 
 /// A broker as replica placement sees it.
@@ -218,6 +221,8 @@ pub fn initial_state(image: &ClusterImage, replicas: Vec<BrokerId>) -> Partition
         leader_epoch: 0,
         leader_broker_epoch: image.brokers.get(&leader).map_or(0, |b| b.epoch),
         partition_epoch: 0,
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
     }
 }
 
@@ -312,7 +317,7 @@ pub fn plan_create_partitions(
     let added = count - current;
     let rf = image
         .partition(topic.id, 0)
-        .map_or(1, |p| p.value.replicas.len() as i16);
+        .map_or(1, |p| p.value.target_replicas().len() as i16);
     let replicas = match assignments {
         Some(a) => {
             if a.len() as i32 != added {
@@ -420,7 +425,7 @@ pub fn reconcile(image: &ClusterImage, unclean: impl Fn(&TopicRecord) -> bool) -
         for (index, state) in image.topic_partitions(topic) {
             match state {
                 Some(s) => {
-                    rf.get_or_insert(s.value.replicas.len() as i16);
+                    rf.get_or_insert(s.value.target_replicas().len() as i16);
                     if let Some(next) = next_state(image, &s.value, unclean(topic)) {
                         ops.push(MetaOp::PutPartition {
                             partition: TopicPartition {
@@ -463,7 +468,9 @@ pub fn reconcile(image: &ClusterImage, unclean: impl Fn(&TopicRecord) -> bool) -
     ops
 }
 
-/// The state `current` should move to, if any.
+/// The state `current` should move to, if any: leadership and the ISR as
+/// the live brokers allow, and a reassignment whose target is in sync
+/// completed.
 pub fn next_state(
     image: &ClusterImage,
     current: &PartitionState,
@@ -533,6 +540,9 @@ pub fn next_state(
     }
     if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
         next.isr.push(next.leader);
+    }
+    if let Some(done) = crate::reassign::complete(image, &next, current) {
+        next = done;
     }
     if next == *current {
         return None;
@@ -604,6 +614,8 @@ mod tests {
             leader_epoch: 3,
             leader_broker_epoch: epoch,
             partition_epoch: 7,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         }
     }
 
@@ -866,6 +878,8 @@ mod tests {
                     leader_epoch: 1,
                     leader_broker_epoch: 100 + leader as i64,
                     partition_epoch: 1,
+                    adding_replicas: Vec::new(),
+                    removing_replicas: Vec::new(),
                 };
                 let n = next_state(&img, &s, unclean).unwrap_or_else(|| s.clone());
                 if n.leader != NO_LEADER {

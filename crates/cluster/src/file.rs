@@ -115,6 +115,8 @@ impl FileImage {
                             .unwrap_or(0),
                         leader_broker_epoch: SINGLE_BROKER_EPOCH,
                         partition_epoch: prev.map_or(0, |s| s.partition_epoch),
+                        adding_replicas: Vec::new(),
+                        removing_replicas: Vec::new(),
                     }
                 })
                 .collect();

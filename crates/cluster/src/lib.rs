@@ -10,6 +10,7 @@
 //!   controller elected by a create-only key, every write a transaction
 //!   fenced by the controller's or the broker's epoch.
 //! - [`controller`]: the controller's decisions as pure functions of an image.
+//! - [`reassign`]: partition reassignment (KIP-455) as pure decisions.
 //!
 //! Consensus is etcd's: nothing here orders or elects anything by itself.
 
@@ -18,6 +19,7 @@ pub mod controller;
 pub mod etcd;
 pub mod file;
 pub mod model;
+pub mod reassign;
 pub mod store;
 
 pub use config::ClusterConfig;

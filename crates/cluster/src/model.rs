@@ -101,12 +101,45 @@ pub struct PartitionState {
     pub leader_broker_epoch: i64,
     /// Bumped on every change of this state (KIP-497's partition epoch).
     pub partition_epoch: i32,
+    /// During a reassignment, the replicas being added (they are in
+    /// `replicas` too, and join the ISR by catching up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding_replicas: Vec<BrokerId>,
+    /// During a reassignment, the replicas to remove once every target
+    /// replica is in sync (they are in `replicas` too, last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_replicas: Vec<BrokerId>,
 }
 
 impl PartitionState {
     /// The preferred leader (the first replica).
     pub fn preferred(&self) -> Option<BrokerId> {
         self.replicas.first().copied()
+    }
+
+    /// Whether a reassignment is under way.
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// The replicas the partition keeps: all of them but those a
+    /// reassignment removes.
+    pub fn target_replicas(&self) -> Vec<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|b| !self.removing_replicas.contains(b))
+            .collect()
+    }
+
+    /// The replicas before the reassignment began: all of them but those it
+    /// adds.
+    pub fn original_replicas(&self) -> Vec<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|b| !self.adding_replicas.contains(b))
+            .collect()
     }
 }
 

@@ -378,6 +378,19 @@ fn ids(v: &Value) -> String {
     list.join(",")
 }
 
+/// A reassignment under way as `+added -removed`, or nothing.
+fn reassigning(adding: &Value, removing: &Value) -> String {
+    let (a, r) = (ids(adding), ids(removing));
+    let mut parts = Vec::new();
+    if !a.is_empty() {
+        parts.push(format!("+{a}"));
+    }
+    if !r.is_empty() {
+        parts.push(format!("-{r}"));
+    }
+    parts.join(" ")
+}
+
 pub(crate) fn cluster(t: &Target, cmd: ClusterCommand) -> Result<()> {
     runtime()?.block_on(async {
         let c = Client::new(t);
@@ -437,6 +450,7 @@ pub(crate) fn cluster(t: &Target, cmd: ClusterCommand) -> Result<()> {
                     ids(&p["replicas"]),
                     ids(&p["isr"]),
                     ids(&p["offline_replicas"]),
+                    reassigning(&p["adding_replicas"], &p["removing_replicas"]),
                 ]);
             }
         }
@@ -449,6 +463,7 @@ pub(crate) fn cluster(t: &Target, cmd: ClusterCommand) -> Result<()> {
                 "REPLICAS",
                 "ISR",
                 "OFFLINE",
+                "REASSIGNING",
             ],
             rows,
         );

@@ -8,8 +8,9 @@
 //!
 //! One module per API family: `metadata` (Metadata, DescribeCluster),
 //! `produce`, `fetch`, `list_offsets`, `topics` (CreateTopics, DeleteTopics,
-//! CreatePartitions), `configs` (Describe/Alter/IncrementalAlterConfigs) and
-//! `groups` (the group coordinator's APIs and InitProducerId).
+//! CreatePartitions), `configs` (Describe/Alter/IncrementalAlterConfigs),
+//! `reassign` (Alter/ListPartitionReassignments) and `groups` (the group
+//! coordinator's APIs and InitProducerId).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub(crate) mod groups;
 pub(crate) mod list_offsets;
 mod metadata;
 mod produce;
+mod reassign;
 mod topics;
 
 pub(crate) use list_offsets::lookup_offset;
@@ -92,6 +94,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
     (ApiKey::OffsetDelete, None),
     (ApiKey::DescribeCluster, None),
     (ApiKey::OffsetForLeaderEpoch, None),
+    (ApiKey::AlterPartitionReassignments, None),
+    (ApiKey::ListPartitionReassignments, None),
 ];
 
 /// Versions of `key` Strata answers, or `None` if it does not serve the API.
@@ -234,6 +238,12 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
         )),
         R::OffsetForLeaderEpoch(r) => Reply::Now(ResponseKind::OffsetForLeaderEpoch(
             list_offsets::offsets_for_leader_epoch(broker, r),
+        )),
+        R::AlterPartitionReassignments(r) => Reply::Now(ResponseKind::AlterPartitionReassignments(
+            reassign::alter_partition_reassignments(broker, r, version, forward).await,
+        )),
+        R::ListPartitionReassignments(r) => Reply::Now(ResponseKind::ListPartitionReassignments(
+            reassign::list_partition_reassignments(broker, r),
         )),
         R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
             metadata::describe_cluster(broker, r),
