@@ -111,7 +111,7 @@ def leader_trial(c: Cluster, topic: str, n: int) -> float:
 
 def stats(values: list[float]) -> dict:
     v = sorted(values)
-    return {"n": len(v), "p50": core.percentile(v, 50), "p99": core.percentile(v, 99), "max": v[-1], "all": v}
+    return {"n": len(v), "p50": core.percentile(v, 0.50), "p99": core.percentile(v, 0.99), "max": v[-1], "all": v}
 
 
 def render(r: dict, args, started, machine) -> str:

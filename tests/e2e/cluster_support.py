@@ -62,22 +62,23 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 
 
 class Etcd:
-    """One etcd member on 127.0.0.1, restartable on its data directory."""
+    """One etcd member (on 127.0.0.1 unless told), restartable on its data directory."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, host: str = "127.0.0.1"):
         self.workdir = workdir
+        self.host = host
         self.data = workdir / "etcd-data"
         self.log = workdir / "etcd.log"
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        self.client_port = free_port((host,))
+        self.peer_port = free_port((host,))
         self.proc: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     def start(self) -> "Etcd":
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         args = [
             ETCD, "--name", "default", "--data-dir", str(self.data),
             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
@@ -236,6 +237,10 @@ class Firewall:
         for o in others:
             self._run("-A", self.CHAIN, "-s", a, "-d", o, "-j", "DROP")
             self._run("-A", self.CHAIN, "-s", o, "-d", a, "-j", "DROP")
+
+    def block_port(self, port: int) -> None:
+        """Drops every packet to a local TCP port (a server that stopped answering)."""
+        self._run("-A", self.CHAIN, "-p", "tcp", "--dport", str(port), "-j", "DROP")
 
     def heal(self) -> None:
         self._run("-F", self.CHAIN)

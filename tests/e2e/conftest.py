@@ -332,3 +332,37 @@ def s3s_fs(tmp_path_factory):
 def s3(request):
     """Each S3-compatible test server in turn."""
     return request.getfixturevalue("moto" if request.param == "moto" else "s3s_fs")
+
+
+# --------------------------------------------------------------------------- #
+# Clusters: one etcd per test module, clusters made per test
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    from cluster_support import Etcd
+
+    e = Etcd(tmp_path_factory.mktemp("etcd")).start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def cluster_factory(strata_bin, tmp_path, etcd):
+    """Starts clusters (`config`, `etcd_override` for another etcd, and
+    cluster_support.Cluster's keyword arguments) and stops them after the
+    test, failing it if a broker died on its own."""
+    from cluster_support import Cluster
+
+    made = []
+
+    def make(config: dict | None = None, etcd_override=None, **kwargs):
+        c = Cluster(strata_bin, tmp_path / f"cluster{len(made)}", etcd_override or etcd, config=config, **kwargs)
+        made.append(c)
+        return c.start()
+
+    yield make
+    problems = []
+    for c in made:
+        problems += c.stop()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)

@@ -63,7 +63,8 @@ class History:
 
     @property
     def acknowledged(self) -> int:
-        return sum(s.status == "ok" for s in self.sends.values())
+        with self.lock:
+            return sum(s.status == "ok" for s in self.sends.values())
 
 
 def check(h: History) -> dict[str, list]:

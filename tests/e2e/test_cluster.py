@@ -37,30 +37,6 @@ NOT_LEADER_OR_FOLLOWER = 6
 SLACK_S = 2.0
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    e = Etcd(tmp_path_factory.mktemp("etcd")).start()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
-def cluster_factory(strata_bin, tmp_path, etcd, request):
-    made: list[Cluster] = []
-
-    def make(config: dict | None = None, etcd_override: Etcd | None = None, env: dict | None = None) -> Cluster:
-        c = Cluster(strata_bin, tmp_path / f"cluster{len(made)}", etcd_override or etcd, config=config, env=env)
-        made.append(c)
-        return c.start()
-
-    yield make
-    problems = []
-    for c in made:
-        problems += c.stop()
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
-
-
 @pytest.fixture
 def cluster(cluster_factory) -> Cluster:
     return cluster_factory()

@@ -12,11 +12,10 @@ import signal
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster_support import SESSION_MS, Cluster, Etcd, Firewall, isr, wait_until
-from conftest import BrokerError
+from cluster_support import SESSION_MS, Cluster, Firewall, isr, wait_until
 from history import ConsumerThread, History, ProducerThread, check, final_read, summary
 from kafka_wire import PRODUCE, Connection, frame, parse_produce_v3, produce_v3, record_batch
 
@@ -27,32 +26,17 @@ PARTITIONS = 3
 LAG_MS = 3000
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory):
-    e = Etcd(tmp_path_factory.mktemp("etcd")).start()
-    yield e
-    e.stop()
-
-
 @pytest.fixture
-def cluster_factory(strata_bin, tmp_path, etcd):
-    made: list[Cluster] = []
+def cluster_factory(cluster_factory):
+    """Clusters whose followers leave the ISR after LAG_MS."""
 
-    def make(config: dict | None = None, env: dict | None = None, first_host: int = 1, n: int = 3) -> Cluster:
+    def make(config: dict | None = None, **kwargs) -> Cluster:
         cfg = {"cluster": {"replica_lag_time_max_ms": LAG_MS}, "groups": {"offsets_topic_num_partitions": 6}}
         for k, v in (config or {}).items():
             cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
-        c = Cluster(strata_bin, tmp_path / f"cluster{len(made)}", etcd, n=n, config=cfg, env=env,
-                    first_host=first_host)
-        made.append(c)
-        return c.start()
+        return cluster_factory(cfg, **kwargs)
 
-    yield make
-    problems = []
-    for c in made:
-        problems += c.stop()
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    return make
 
 
 def create(c: Cluster, name: str, partitions: int = PARTITIONS, **config: str) -> None:

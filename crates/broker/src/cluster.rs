@@ -509,22 +509,18 @@ impl Broker {
                 req.topics = vec![t];
                 req.timeout_ms = FORWARD_TIMEOUT.as_millis() as i32;
                 req.validate_only = validate_only;
-                let resp = self
+                let r = self
                     .forward(
                         &ctrl,
                         ApiKey::CreateTopics,
                         7,
                         RequestKind::CreateTopics(req),
+                        |r| match r {
+                            ResponseKind::CreateTopics(r) => r.topics.into_iter().next(),
+                            _ => None,
+                        },
                     )
                     .await?;
-                let ResponseKind::CreateTopics(resp) = resp else {
-                    return Err(unexpected(&ctrl));
-                };
-                let r = resp
-                    .topics
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| unexpected(&ctrl))?;
                 check(r.error_code, r.error_message)?;
                 if !validate_only {
                     let (name, id) = (spec.name.clone(), r.topic_id);
@@ -577,22 +573,18 @@ impl Broker {
                 let mut req = DeleteTopicsRequest::default();
                 req.topic_names = vec![TopicName(sb(name))];
                 req.timeout_ms = FORWARD_TIMEOUT.as_millis() as i32;
-                let resp = self
+                let r = self
                     .forward(
                         &ctrl,
                         ApiKey::DeleteTopics,
                         5,
                         RequestKind::DeleteTopics(req),
+                        |r| match r {
+                            ResponseKind::DeleteTopics(r) => r.responses.into_iter().next(),
+                            _ => None,
+                        },
                     )
                     .await?;
-                let ResponseKind::DeleteTopics(resp) = resp else {
-                    return Err(unexpected(&ctrl));
-                };
-                let r = resp
-                    .responses
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| unexpected(&ctrl))?;
                 check(r.error_code, r.error_message)?;
                 let id = self.topic(name).map(|t| t.id).unwrap_or(r.topic_id);
                 let n = name.to_string();
@@ -656,22 +648,18 @@ impl Broker {
                 req.topics = vec![t];
                 req.timeout_ms = FORWARD_TIMEOUT.as_millis() as i32;
                 req.validate_only = validate_only;
-                let resp = self
+                let r = self
                     .forward(
                         &ctrl,
                         ApiKey::CreatePartitions,
                         3,
                         RequestKind::CreatePartitions(req),
+                        |r| match r {
+                            ResponseKind::CreatePartitions(r) => r.results.into_iter().next(),
+                            _ => None,
+                        },
                     )
                     .await?;
-                let ResponseKind::CreatePartitions(resp) = resp else {
-                    return Err(unexpected(&ctrl));
-                };
-                let r = resp
-                    .results
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| unexpected(&ctrl))?;
                 check(r.error_code, r.error_message)?;
                 if !validate_only {
                     let n = name.to_string();
@@ -749,22 +737,18 @@ impl Broker {
                 let mut req = AlterConfigsRequest::default();
                 req.resources = vec![res];
                 req.validate_only = validate_only;
-                let resp = self
+                let r = self
                     .forward(
                         &ctrl,
                         ApiKey::AlterConfigs,
                         2,
                         RequestKind::AlterConfigs(req),
+                        |r| match r {
+                            ResponseKind::AlterConfigs(r) => r.responses.into_iter().next(),
+                            _ => None,
+                        },
                     )
                     .await?;
-                let ResponseKind::AlterConfigs(resp) = resp else {
-                    return Err(unexpected(&ctrl));
-                };
-                let r = resp
-                    .responses
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| unexpected(&ctrl))?;
                 check(r.error_code, r.error_message)?;
                 if !validate_only {
                     let (n, want): (String, BTreeMap<String, String>) =
@@ -779,15 +763,19 @@ impl Broker {
         }
     }
 
-    async fn forward(
+    /// Forwards a request to the controller; `pick` takes what the caller
+    /// needs from the answer (`None`: not the answer expected).
+    async fn forward<T>(
         &self,
         to: &BrokerRegistration,
         api: ApiKey,
         version: i16,
         body: RequestKind,
-    ) -> Result<ResponseKind, ApiError> {
+        pick: impl FnOnce(ResponseKind) -> Option<T>,
+    ) -> Result<T, ApiError> {
         debug!(controller = to.id, ?api, "forwarding to the controller");
-        self.peers
+        let resp = self
+            .peers
             .call(&to.host, to.port, api, version, &body, FORWARD_TIMEOUT)
             .await
             .map_err(|e| {
@@ -798,7 +786,8 @@ impl Broker {
                         to.id
                     ),
                 )
-            })
+            })?;
+        pick(resp).ok_or_else(|| unexpected(to))
     }
 
     /// Controlled shutdown: tells the controller this broker is leaving and

@@ -84,11 +84,12 @@ impl Broker {
                         ApiKey::AlterPartitionReassignments,
                         1,
                         RequestKind::AlterPartitionReassignments(req),
+                        |r| match r {
+                            ResponseKind::AlterPartitionReassignments(r) => Some(r),
+                            _ => None,
+                        },
                     )
                     .await?;
-                let ResponseKind::AlterPartitionReassignments(resp) = resp else {
-                    return Err(unexpected(&ctrl));
-                };
                 check(resp.error_code, resp.error_message)?;
                 let mut answers = resp
                     .responses

@@ -28,40 +28,40 @@ pub(super) struct ProduceSlot {
     leader_epoch: i32,
 }
 
+/// The same error for every partition of a request.
+fn refuse_all(req: &ProduceRequest, code: ResponseError, message: Option<&str>) -> ProduceResponse {
+    let mut resp = ProduceResponse::default();
+    for t in &req.topic_data {
+        let mut tr = TopicProduceResponse::default();
+        tr.name = t.name.clone();
+        tr.topic_id = t.topic_id;
+        for p in &t.partition_data {
+            let mut pr = PartitionProduceResponse::default();
+            pr.index = p.index;
+            pr.error_code = code.code();
+            pr.error_message = message.map(sb);
+            tr.partition_responses.push(pr);
+        }
+        resp.responses.push(tr);
+    }
+    resp
+}
+
 pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
     let acks = req.acks;
     if !matches!(acks, -1..=1) {
-        let mut resp = ProduceResponse::default();
-        for t in &req.topic_data {
-            let mut tr = TopicProduceResponse::default();
-            tr.name = t.name.clone();
-            tr.topic_id = t.topic_id;
-            for p in &t.partition_data {
-                let mut pr = PartitionProduceResponse::default();
-                pr.index = p.index;
-                pr.error_code = ResponseError::InvalidRequiredAcks.code();
-                tr.partition_responses.push(pr);
-            }
-            resp.responses.push(tr);
-        }
-        return Reply::Now(ResponseKind::Produce(resp));
+        return Reply::Now(ResponseKind::Produce(refuse_all(
+            &req,
+            ResponseError::InvalidRequiredAcks,
+            None,
+        )));
     }
     if req.transactional_id.is_some() {
-        let mut resp = ProduceResponse::default();
-        for t in &req.topic_data {
-            let mut tr = TopicProduceResponse::default();
-            tr.name = t.name.clone();
-            tr.topic_id = t.topic_id;
-            for p in &t.partition_data {
-                let mut pr = PartitionProduceResponse::default();
-                pr.index = p.index;
-                pr.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
-                pr.error_message = Some(sb("transactions are not supported by this broker"));
-                tr.partition_responses.push(pr);
-            }
-            resp.responses.push(tr);
-        }
-        return Reply::Now(ResponseKind::Produce(resp));
+        return Reply::Now(ResponseKind::Produce(refuse_all(
+            &req,
+            ResponseError::TransactionalIdAuthorizationFailed,
+            Some("transactions are not supported by this broker"),
+        )));
     }
     let by_id = version >= 13;
     // The local disk policy: refuse (retriably) rather than fill the disk.
