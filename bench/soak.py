@@ -62,7 +62,7 @@ from tier_support import tier_config  # noqa: E402
 MARK_START = "<!-- bench:soak:start -->"
 MARK_END = "<!-- bench:soak:end -->"
 PARTITIONS = 3
-NEMESES = ("kill9", "kill9-leader", "pause", "partition", "etcd", "s3")
+NEMESES = ("kill9", "kill9-leader", "pause", "partition", "etcd", "s3", "rolling")
 
 
 def log(*a):
@@ -114,6 +114,15 @@ class Soak:
             time.sleep(rng.uniform(1, session + 4))
             c.brokers[victim].start(port=c.port)
             return f"broker {victim}"
+        if kind == "rolling":
+            # SIGTERM (controlled shutdown) and restart of each broker in
+            # turn, the next once the last is back in every ISR; preferred
+            # leaders take their partitions back each time.
+            for victim in (2, 1, 0):
+                c.brokers[victim].stop()
+                c.brokers[victim].start(port=c.port)
+                wait_until(self.healthy, 60, f"broker {victim} back in every ISR")
+            return "rolling restart of the three brokers"
         p = rng.randrange(PARTITIONS)
         if kind == "kill9-leader":
             victim = self.leader_of(p)

@@ -34,6 +34,8 @@ class Send:
     status: str = "invoke"  # invoke, ok, fail, info
     offset: int | None = None
     error: str | None = None
+    sent_at: float = field(default_factory=time.monotonic)
+    done_at: float | None = None
 
 
 @dataclass
@@ -52,6 +54,7 @@ class History:
     def complete(self, value: bytes, offset: int | None, error: str | None, definite: bool) -> None:
         with self.lock:
             s = self.sends[value]
+            s.done_at = time.monotonic()
             if error is None:
                 s.status, s.offset = "ok", offset
             else:
@@ -86,12 +89,20 @@ def check(h: History) -> dict[str, list]:
     for value, places in where.items():
         if len(places) > 1:
             problems["duplicate"].append((value, sorted(places)))
+    final_values = set(final_at.values())
     for s in h.sends.values():
-        if s.status == "ok" and final_at.get((s.partition, s.offset)) != s.value:
+        if s.status != "ok":
+            continue
+        if s.offset is None:
+            # Acknowledged without an offset (librdkafka reports some
+            # idempotent deliveries so): it must be in the final read somewhere.
+            if s.value not in final_values:
+                problems["lost"].append((s.value, s.partition, None, None))
+        elif final_at.get((s.partition, s.offset)) != s.value:
             problems["lost"].append((s.value, s.partition, s.offset, final_at.get((s.partition, s.offset))))
     by_producer: dict[tuple[str, int], list[Send]] = defaultdict(list)
     for s in h.sends.values():
-        if s.status == "ok":
+        if s.status == "ok" and s.offset is not None:
             by_producer[(s.producer, s.partition)].append(s)
     for key, sends in by_producer.items():
         sends.sort(key=lambda s: s.seq)
@@ -109,11 +120,21 @@ def check(h: History) -> dict[str, list]:
     return dict(problems)
 
 
+def longest_wait(h: History) -> float:
+    """The longest a send waited for its acknowledgement: how long producers
+    saw the partition unavailable (seconds)."""
+    with h.lock:
+        return max((s.done_at - s.sent_at for s in h.sends.values() if s.status == "ok"), default=0.0)
+
+
 def summary(h: History, problems: dict[str, list]) -> str:
     counts = {k: len(v) for k, v in problems.items()}
     statuses = defaultdict(int)
     for s in h.sends.values():
         statuses[s.status] += 1
+    no_offset = sum(s.status == "ok" and s.offset is None for s in h.sends.values())
+    if no_offset:
+        statuses["ok without an offset"] = no_offset
     lines = [f"sends: {dict(statuses)}; reads during the run: {len(h.reads)}; "
              f"final read: {sum(len(v) for v in h.final.values())} records; problems: {counts or 'none'}"]
     for k, v in problems.items():

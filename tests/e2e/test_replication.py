@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster_support import SESSION_MS, Cluster, Firewall, isr, wait_until
+from cluster_support import SESSION_MS, Cluster, Firewall, isr, produce_one, wait_until
 from history import ConsumerThread, History, ProducerThread, check, final_read, summary
 from kafka_wire import PRODUCE, Connection, frame, parse_produce_v3, produce_v3, record_batch
 
@@ -366,3 +366,56 @@ def produce_ok(c: Cluster, topic: str) -> bool:
 
     err, _ = produce_one(c.bootstrap, topic, 0, b"after")
     return err is None
+
+
+
+def test_a_broker_stopped_and_restarted_rejoins_every_isr_empty_partitions_too(cluster_factory):
+    """A broker that led partitions in which nothing was written (an idle topic,
+    most of __consumer_offsets) hands them over on SIGTERM and, restarted,
+    follows and rejoins their ISRs: its epoch cache holds an epoch the new
+    leader never saw, which must not read as a divergence."""
+    c = cluster_factory()
+    create(c, "idle", partitions=6)
+    create(c, "busy", partitions=3)
+    assert produce_one(c.bootstrap, "busy", 0, b"one") == (None, 0)
+    # A group commit creates __consumer_offsets, most of whose partitions stay empty.
+    consumer = Consumer({"bootstrap.servers": c.bootstrap, "group.id": "g", "auto.offset.reset": "earliest"})
+    consumer.subscribe(["busy"])
+    wait_until(lambda: consumer.poll(0.5) is not None, 30, "the group's first record")
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    wait_until(lambda: all_in_sync(c, "__consumer_offsets"), 30, "__consumer_offsets fully replicated")
+    for victim in (2, 0):
+        c.brokers[victim].stop()
+        wait_until(lambda: all(victim not in p["isr"] for p in c.partitions("idle").values()), 30,
+                   f"broker {victim} out of the ISRs")
+        c.brokers[victim].start()
+        for topic in ("idle", "busy", "__consumer_offsets"):
+            wait_until(lambda: all_in_sync(c, topic, victim), 30, f"broker {victim} back in every ISR of {topic}")
+
+
+def test_rolling_restarts_under_load_lose_nothing(cluster_factory):
+    """Five rolling restarts (SIGTERM, restart, wait for the ISRs) under two
+    acks=all producers: each restart moves leaderships away and back, so an
+    acknowledgement racing a leadership change, or a returning replica
+    joining the ISR while the high watermark moves, would show as a lost or
+    inconsistent record."""
+    c = cluster_factory()
+    create(c, "rolled", partitions=6)
+    h = History()
+    producers = [ProducerThread(h, c.bootstrap, "rolled", 6, f"p{i}", rate_per_s=300) for i in range(2)]
+    reader = ConsumerThread(h, c.bootstrap, "rolled", 6, "c0")
+    for t in (*producers, reader):
+        t.start()
+    try:
+        time.sleep(2)
+        for _ in range(5):
+            for victim in (2, 1, 0):
+                c.brokers[victim].stop()
+                c.brokers[victim].start()
+                wait_until(lambda: all_in_sync(c, "rolled"), 60, f"broker {victim} back in every ISR")
+    finally:
+        for t in (*producers, reader):
+            t.stop()
+    verify(h, c, "rolled", partitions=6, minimum=2000)
+    assert {s.status for s in h.sends.values()} == {"ok"}, summary(h, check(h))

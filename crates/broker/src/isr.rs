@@ -43,6 +43,9 @@ impl Broker {
             }
             Ok(None) => {}
             Err(StoreError::Conflict(_)) => {
+                // Not written: its joins are off (an unknown outcome, any
+                // other error, keeps them until they settle or lag out).
+                p.abandon_isr_joins(&isr);
                 debug!(topic = %p.topic, partition = p.index, "ISR change lost a race; deciding again later");
             }
             Err(e) => {
@@ -69,6 +72,7 @@ impl Broker {
             .iter()
             .any(|b| !cur.value.isr.contains(b) && !img.can_lead(*b))
         {
+            p.abandon_isr_joins(isr);
             return Ok(None);
         }
         let mut next = cur.value.clone();

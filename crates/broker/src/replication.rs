@@ -15,8 +15,13 @@
 //! - A follower leaves the ISR when it has not caught up for
 //!   `replica.lag.time.max.ms`; a follower outside it joins once its log end
 //!   reaches the high watermark and the start of the leader's current epoch.
+//! - From the moment a join is proposed until the store's answer is known,
+//!   the joining follower counts for the high watermark (Kafka's "maximal
+//!   ISR", KIP-497): once committed it may be elected leader, so nothing may
+//!   be committed that it does not have. A shrink counts only once committed,
+//!   which is the same rule seen from the other side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use strata_cluster::BrokerId;
 
@@ -42,6 +47,9 @@ pub struct LeaderView {
     pub epoch_start: i64,
     /// Followers by broker id (every replica but the leader).
     pub followers: BTreeMap<BrokerId, Follower>,
+    /// Followers whose joining the ISR is proposed and not yet known to be
+    /// committed or refused: they hold the high watermark like members.
+    pub pending_joins: BTreeSet<BrokerId>,
 }
 
 impl LeaderView {
@@ -75,6 +83,7 @@ impl LeaderView {
             leader_epoch,
             epoch_start,
             followers,
+            pending_joins: BTreeSet::new(),
         }
     }
 
@@ -117,12 +126,13 @@ impl LeaderView {
     }
 
     /// The high watermark the ISR allows: the lowest log end among the
-    /// leader (`leader_end`) and the ISR's followers, never below `current`.
-    /// A follower of the ISR that has not fetched yet holds it where it is.
+    /// leader (`leader_end`), the ISR's followers and those joining it, never
+    /// below `current`. A follower of the ISR that has not fetched yet holds
+    /// it where it is.
     pub fn high_watermark(&self, leader_end: i64, isr: &[BrokerId], current: i64) -> i64 {
         let mut hw = leader_end;
         for (id, f) in &self.followers {
-            if isr.contains(id) {
+            if isr.contains(id) || self.pending_joins.contains(id) {
                 hw = hw.min(f.log_end.max(0));
             }
         }
@@ -153,18 +163,48 @@ impl LeaderView {
     }
 
     /// The ISR with `follower` (which just fetched) added, if it is outside
-    /// and has caught up with the high watermark and this epoch's start.
-    pub fn expand(&self, follower: BrokerId, isr: &[BrokerId], hw: i64) -> Option<Vec<BrokerId>> {
+    /// and has caught up with the high watermark and this epoch's start. The
+    /// follower counts as joining from now on (see the module's rules).
+    pub fn expand(
+        &mut self,
+        follower: BrokerId,
+        isr: &[BrokerId],
+        hw: i64,
+    ) -> Option<Vec<BrokerId>> {
         let f = self.followers.get(&follower)?;
         let joins = !isr.contains(&follower)
             && f.log_end >= 0
             && f.log_end >= hw
             && f.log_end >= self.epoch_start;
         joins.then(|| {
+            self.pending_joins.insert(follower);
             let mut next = isr.to_vec();
             next.push(follower);
             next
         })
+    }
+
+    /// The committed ISR is `isr`: joins it holds are done.
+    pub fn settle_joins(&mut self, isr: &[BrokerId]) {
+        self.pending_joins.retain(|b| !isr.contains(b));
+    }
+
+    /// A proposed ISR was refused by the store (it was not written): its
+    /// joins are off.
+    pub fn abandon_joins(&mut self, proposed: &[BrokerId]) {
+        self.pending_joins.retain(|b| !proposed.contains(b));
+    }
+
+    /// Drops joins of followers that stopped catching up (`lag_ms`), so one
+    /// whose proposal's fate is unknown cannot hold the high watermark for
+    /// ever; if the join did commit, the ISR check removes it from the ISR.
+    pub fn expire_joins(&mut self, now_ms: i64, lag_ms: i64) {
+        let followers = &self.followers;
+        self.pending_joins.retain(|b| {
+            followers
+                .get(b)
+                .is_some_and(|f| now_ms - f.last_caught_up_ms <= lag_ms)
+        });
     }
 }
 
@@ -230,6 +270,35 @@ mod tests {
         // At 9_000 it asks for 200: it had caught up to what the leader had at 5_000.
         v.record_fetch(1, 200, 300, 9_000);
         assert_eq!(v.followers[&1].last_caught_up_ms, 5_000);
+    }
+
+    #[test]
+    fn a_joining_follower_holds_the_high_watermark_until_its_join_is_settled() {
+        // Follower 2 restarted and asks for 290 while the ISR [0, 1] is at 290.
+        let mut v = view(&[0, 1]);
+        v.record_fetch(1, 290, 290, 1_000);
+        v.record_fetch(2, 290, 290, 1_000);
+        assert_eq!(v.expand(2, &[0, 1], 290), Some(vec![0, 1, 2]));
+        // The leader appends 290 and 291; follower 1 copies them before the
+        // join is committed. The high watermark stays at 290: once the join
+        // commits, follower 2 may be elected, and it has only 290.
+        v.record_fetch(1, 292, 292, 1_100);
+        assert_eq!(v.high_watermark(292, &[0, 1], 290), 290);
+        v.record_fetch(2, 292, 292, 1_200);
+        assert_eq!(v.high_watermark(292, &[0, 1], 290), 292);
+        // Committed: the ISR itself holds it now.
+        v.settle_joins(&[0, 1, 2]);
+        assert!(v.pending_joins.is_empty());
+        // A refused proposal releases the high watermark; so does a joiner
+        // that stopped fetching while its proposal's fate was unknown.
+        assert_eq!(v.expand(2, &[0, 1], 292), Some(vec![0, 1, 2]));
+        v.abandon_joins(&[0, 1, 2]);
+        assert!(v.pending_joins.is_empty());
+        assert_eq!(v.expand(2, &[0, 1], 292), Some(vec![0, 1, 2]));
+        v.expire_joins(1_200 + 30_000, 30_000);
+        assert_eq!(v.pending_joins.len(), 1, "within the lag");
+        v.expire_joins(1_200 + 30_001, 30_000);
+        assert!(v.pending_joins.is_empty());
     }
 
     #[test]

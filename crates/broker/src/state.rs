@@ -222,6 +222,7 @@ impl Partition {
             ));
         } else if let Some(v) = view.as_mut() {
             v.set_replicas(me, &s.replicas);
+            v.settle_joins(&s.isr);
         }
         if let Some(v) = view.as_ref() {
             self.advance_hw(log, s, v);
@@ -266,9 +267,18 @@ impl Partition {
     /// this leader must shrink it.
     pub(crate) fn isr_to_shrink(&self, now: i64, lag_ms: i64) -> Option<Vec<BrokerId>> {
         let s = self.replica.read().expect("replica lock");
-        let view = self.leader_view.lock().expect("leader view lock");
-        view.as_ref()?
-            .shrink(self.session.broker_id(), &s.isr, now, lag_ms)
+        let mut view = self.leader_view.lock().expect("leader view lock");
+        let v = view.as_mut()?;
+        v.expire_joins(now, lag_ms);
+        v.shrink(self.session.broker_id(), &s.isr, now, lag_ms)
+    }
+
+    /// The store refused the proposed ISR `isr` (it was not written): the
+    /// joins it carried no longer hold the high watermark.
+    pub(crate) fn abandon_isr_joins(&self, isr: &[BrokerId]) {
+        if let Some(v) = self.leader_view.lock().expect("leader view lock").as_mut() {
+            v.abandon_joins(isr);
+        }
     }
 
     /// `min.insync.replicas` of the topic.
@@ -308,11 +318,22 @@ impl Partition {
         leader_epoch: i32,
         deadline: tokio::time::Instant,
     ) -> Result<(), ApiError> {
+        // Only this leader's high watermark, in the epoch the records were
+        // appended in, commits them: after losing the leadership this
+        // replica's high watermark comes from the new leader, whose log may
+        // hold other records at these offsets (this tail is truncated).
+        let leading = || self.is_leader() && self.leader_epoch() == leader_epoch;
         loop {
             let advanced = self.hw_advanced.notified();
             tokio::pin!(advanced);
             advanced.as_mut().enable();
-            if self.with_log(|l| l.high_watermark()) >= offset {
+            if !leading() {
+                return Err(crate::error::not_leader(self));
+            }
+            let hw = self.with_log(|l| l.high_watermark());
+            // Leading at the same epoch before and after reading it: the
+            // high watermark read was this leader's.
+            if hw >= offset && leading() {
                 let isr = self.replica.read().expect("replica lock").isr.len() as i32;
                 if isr < self.min_insync_replicas() {
                     return Err(ApiError::new(
@@ -326,9 +347,6 @@ impl Partition {
                     ));
                 }
                 return Ok(());
-            }
-            if !self.is_leader() || self.leader_epoch() != leader_epoch {
-                return Err(crate::error::not_leader(self));
             }
             tokio::select! {
                 _ = &mut advanced => {}

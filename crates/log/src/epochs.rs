@@ -90,15 +90,25 @@ impl EpochCache {
     /// Where `epoch` ends in a log ending at `log_end` (Kafka's
     /// `endOffsetFor`): the largest known epoch at or below it, and the start
     /// of the next epoch (the log end for the latest). An epoch older than
-    /// every entry ends nowhere (`-1, -1`).
+    /// every entry ends where the first known epoch starts (its records, if
+    /// any, are gone from this log), as in Kafka: a follower that led an
+    /// epoch in which nothing was written must not be told it diverges
+    /// forever. An undefined epoch, or an empty cache, ends nowhere
+    /// (`-1, -1`).
     pub fn end_offset_for(&self, epoch: i32, log_end: i64) -> EpochEnd {
         let none = EpochEnd {
             epoch: -1,
             end_offset: -1,
         };
+        if epoch < 0 {
+            return none;
+        }
         let i = self.entries.partition_point(|e| e.epoch <= epoch);
         if i == 0 {
-            return none;
+            return self.entries.first().map_or(none, |first| EpochEnd {
+                epoch,
+                end_offset: first.start_offset,
+            });
         }
         let found = self.entries[i - 1];
         let end = self
@@ -224,8 +234,23 @@ mod tests {
     fn end_offsets_follow_kafkas_rules() {
         let c = cache(&[(1, 0), (3, 100), (7, 250)]);
         let end = |e| c.end_offset_for(e, 400);
+        // Older than every known epoch: it ends where the first one starts.
         assert_eq!(
             end(0),
+            EpochEnd {
+                epoch: 0,
+                end_offset: 0
+            }
+        );
+        assert_eq!(
+            end(-1),
+            EpochEnd {
+                epoch: -1,
+                end_offset: -1
+            }
+        );
+        assert_eq!(
+            cache(&[]).end_offset_for(2, 0),
             EpochEnd {
                 epoch: -1,
                 end_offset: -1
