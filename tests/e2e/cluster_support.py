@@ -64,9 +64,13 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 class Etcd:
     """One etcd member (on 127.0.0.1 unless told), restartable on its data directory."""
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1"):
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", tls: dict[str, Path] | None = None):
+        """`tls`: PEM files `ca`, `cert`, `key` (the server's) for https with
+        client certificates required (`--client-cert-auth`), and `client_cert`,
+        `client_key` for the health check."""
         self.workdir = workdir
         self.host = host
+        self.tls = tls
         self.data = workdir / "etcd-data"
         self.log = workdir / "etcd.log"
         self.client_port = free_port((host,))
@@ -75,7 +79,7 @@ class Etcd:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def start(self) -> "Etcd":
         peer = f"http://{self.host}:{self.peer_port}"
@@ -85,6 +89,9 @@ class Etcd:
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"default={peer}",
         ]
+        if self.tls:
+            args += ["--cert-file", str(self.tls["cert"]), "--key-file", str(self.tls["key"]),
+                     "--trusted-ca-file", str(self.tls["ca"]), "--client-cert-auth"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_until(self.healthy, 20, f"etcd at {self.endpoint}")
@@ -92,7 +99,12 @@ class Etcd:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
+            context = None
+            if self.tls:
+                import ssl
+                context = ssl.create_default_context(cafile=str(self.tls["ca"]))
+                context.load_cert_chain(str(self.tls["client_cert"]), str(self.tls["client_key"]))
+            with urllib.request.urlopen(self.endpoint + "/health", timeout=1, context=context) as r:
                 return json.loads(r.read()).get("health") == "true"
         except OSError:
             return False

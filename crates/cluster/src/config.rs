@@ -17,6 +17,14 @@ pub struct ClusterConfig {
     /// etcd password (set it from the environment,
     /// `STRATA_CLUSTER__ETCD_PASSWORD`, not in a file).
     pub etcd_password: String,
+    /// PEM file of the CA that signed etcd's server certificate; needed for
+    /// `https://` endpoints.
+    pub etcd_ca_file: String,
+    /// PEM client certificate for etcd (`--client-cert-auth`); with
+    /// `etcd_key_file`.
+    pub etcd_cert_file: String,
+    /// PEM private key of `etcd_cert_file`.
+    pub etcd_key_file: String,
     /// The cluster's name: its keys in etcd live under `/strata/<name>/`, so
     /// several clusters can share one etcd.
     pub name: String,
@@ -53,6 +61,9 @@ impl Default for ClusterConfig {
             etcd_endpoints: Vec::new(),
             etcd_username: String::new(),
             etcd_password: String::new(),
+            etcd_ca_file: String::new(),
+            etcd_cert_file: String::new(),
+            etcd_key_file: String::new(),
             name: "strata".into(),
             broker_id: -1,
             rack: String::new(),
@@ -137,11 +148,26 @@ impl ClusterConfig {
                     "cluster.etcd_endpoints: '{e}' must be a URL (http://host:2379)"
                 ));
             }
-            if e.starts_with("https://") {
+            if e.starts_with("https://") && self.etcd_ca_file.is_empty() {
                 return Err(format!(
-                    "cluster.etcd_endpoints: '{e}': TLS to etcd is not supported yet; use http:// inside the cluster network"
+                    "cluster.etcd_endpoints: '{e}' is https:// but cluster.etcd_ca_file is not set: name the PEM file of the CA that signed etcd's certificate"
                 ));
             }
+        }
+        if self.etcd_cert_file.is_empty() != self.etcd_key_file.is_empty() {
+            return Err(
+                "cluster.etcd_cert_file and cluster.etcd_key_file go together: set both for a client certificate, or neither".into(),
+            );
+        }
+        let tls = self
+            .etcd_endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"));
+        let tls_files = !self.etcd_ca_file.is_empty() || !self.etcd_cert_file.is_empty();
+        if tls_files && !tls {
+            return Err(
+                "cluster.etcd_ca_file, etcd_cert_file and etcd_key_file are for https:// etcd endpoints, and every endpoint is http://".into(),
+            );
         }
         Ok(())
     }
@@ -208,8 +234,34 @@ mod tests {
                 default_replication_factor: 0,
                 ..ok.clone()
             },
+            // https without the CA that signed etcd's certificate
+            ClusterConfig {
+                etcd_endpoints: vec!["https://etcd:2379".into()],
+                ..ok.clone()
+            },
+            // a client certificate without its key
+            ClusterConfig {
+                etcd_endpoints: vec!["https://etcd:2379".into()],
+                etcd_ca_file: "/etc/etcd/ca.crt".into(),
+                etcd_cert_file: "/etc/etcd/tls.crt".into(),
+                ..ok.clone()
+            },
+            // TLS files for plain-text endpoints: a forgotten https://
+            ClusterConfig {
+                etcd_ca_file: "/etc/etcd/ca.crt".into(),
+                ..ok.clone()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+        ClusterConfig {
+            etcd_endpoints: vec!["https://etcd:2379".into()],
+            etcd_ca_file: "/etc/etcd/ca.crt".into(),
+            etcd_cert_file: "/etc/etcd/tls.crt".into(),
+            etcd_key_file: "/etc/etcd/tls.key".into(),
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
     }
 }

@@ -243,22 +243,27 @@ impl EtcdStore {
     ) -> Result<Arc<Self>> {
         let timeout = Duration::from_millis(config.etcd_request_timeout_ms);
         let endpoints = config.etcd_endpoints.join(",");
+        let tls = etcd_tls(&config)?;
         let endpoints_list: Vec<tonic::transport::Endpoint> = config
             .etcd_endpoints
             .iter()
             .map(|e| {
-                tonic::transport::Channel::from_shared(e.clone())
-                    .map(|ep| {
-                        ep.connect_timeout(timeout)
-                            .timeout(timeout)
-                            .local_address(bind)
-                            .tcp_nodelay(true)
-                    })
+                let ep = tonic::transport::Channel::from_shared(e.clone())
                     .map_err(|err| {
                         StoreError::Misconfigured(format!(
                             "cluster.etcd_endpoints: '{e}' is not a valid URL: {err}"
                         ))
-                    })
+                    })?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .local_address(bind)
+                    .tcp_nodelay(true);
+                match (&tls, e.starts_with("https://")) {
+                    (Some(tls), true) => ep.tls_config(tls.clone()).map_err(|err| {
+                        StoreError::Misconfigured(format!("cluster: TLS to etcd at '{e}': {err}"))
+                    }),
+                    _ => Ok(ep),
+                }
             })
             .collect::<Result<_>>()?;
         let channel = tonic::transport::Channel::balance_list(endpoints_list.into_iter());
@@ -969,6 +974,35 @@ impl MetadataStore for EtcdStore {
     fn is_cluster(&self) -> bool {
         true
     }
+}
+
+/// The TLS settings for `https://` etcd endpoints: the CA that signed etcd's
+/// certificate and, for `--client-cert-auth`, this broker's certificate and
+/// key. The files are read once, at start; an unreadable file is a clear
+/// error rather than a connection that never comes up.
+fn etcd_tls(config: &ClusterConfig) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+    if !config
+        .etcd_endpoints
+        .iter()
+        .any(|e| e.starts_with("https://"))
+    {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| {
+            StoreError::Misconfigured(format!("cluster.{key}: cannot read '{path}': {e}"))
+        })
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(read("etcd_ca_file", &config.etcd_ca_file)?),
+    );
+    if !config.etcd_cert_file.is_empty() {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read("etcd_cert_file", &config.etcd_cert_file)?,
+            read("etcd_key_file", &config.etcd_key_file)?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 #[cfg(test)]

@@ -151,7 +151,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Check(args)) => {
-            let config = settings::load(&args.overrides(), std::env::vars())?;
+            let mut config = settings::load(&args.overrides(), std::env::vars())?;
+            // The effective configuration, but never a credential.
+            if !config.cluster.etcd_password.is_empty() {
+                config.cluster.etcd_password = "(set; not shown)".into();
+            }
             print!("{}", toml::to_string(&config)?);
             Ok(())
         }
