@@ -3,8 +3,9 @@
 //!
 //! The router serves from the moment the listener is bound: `/healthz`
 //! answers at once, `/readyz` says 503 with the reasons until log recovery
-//! has finished, the Kafka listener is up and the object tier answers, and
-//! the admin routes answer 503 until the broker is open.
+//! has finished, the Kafka listener is up, the object tier answers and, in a
+//! cluster, the broker is registered with every replica it holds back in the
+//! ISR; the admin routes answer 503 until the broker is open.
 
 pub mod api;
 pub mod metrics;
@@ -133,6 +134,27 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
             let session = b.metadata().session();
             if session.broker_epoch() == 0 {
                 reasons.push("not registered in the cluster".to_string());
+            }
+            // After a restart the broker's replicas are out of the ISR until
+            // they catch up; readiness waits, so a rolling restart does not
+            // take the next broker while partitions lack an in-sync replica.
+            let behind = b.image().replicas_catching_up(b.node_id());
+            if !behind.is_empty() {
+                let shown: Vec<String> = behind
+                    .iter()
+                    .take(5)
+                    .map(|(t, p)| format!("{t}-{p}"))
+                    .collect();
+                reasons.push(format!(
+                    "{} replicas on this broker are catching up with their leaders ({}{})",
+                    behind.len(),
+                    shown.join(", "),
+                    if behind.len() > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ));
             }
             if !b.tier().is_reachable() {
                 reasons.push(format!(

@@ -620,6 +620,40 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_replica_catches_up_only_where_a_live_leader_serves() {
+        // Broker 2 came back with a new registration (epoch 9); broker 1 is gone.
+        let mut img = image(&[(0, 5), (2, 9)]);
+        let topic = TopicRecord {
+            name: "t".into(),
+            id: Uuid::from_u128(1),
+            partitions: 5,
+            configs: Default::default(),
+        };
+        let mut put = |index, s: PartitionState| {
+            img.partitions.insert(
+                TopicPartition {
+                    topic_id: topic.id,
+                    index,
+                },
+                Versioned {
+                    value: s,
+                    revision: 1,
+                },
+            );
+        };
+        put(0, state(&[0, 1, 2], &[0], 0, 5)); // catching up with 0
+        put(1, state(&[0, 1, 2], &[0, 2], 0, 5)); // in sync
+        put(2, state(&[1, 2, 0], &[1], 1, 4)); // leader 1 is gone: nobody to follow
+        put(3, state(&[2, 0, 1], &[2, 0], 2, 9)); // leads it
+        let mut adding = state(&[0, 1, 2], &[0], 0, 5);
+        adding.adding_replicas = vec![2];
+        put(4, adding); // a reassignment adds it: not a settled replica
+        img.topics.insert("t".into(), topic);
+        assert_eq!(img.replicas_catching_up(2), vec![("t".to_string(), 0)]);
+        assert!(img.replicas_catching_up(0).is_empty());
+    }
+
+    #[test]
     fn leaders_and_replicas_spread_evenly() {
         let a =
             assign_replicas(&placeables(3, None), 6, 3, 0, Dice { start: 0, shift: 0 }).unwrap();

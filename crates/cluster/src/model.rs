@@ -201,6 +201,35 @@ impl ClusterImage {
                 .is_some_and(|b| b.epoch == state.leader_broker_epoch)
     }
 
+    /// The partitions where `broker` is a settled replica (not being added
+    /// or removed by a reassignment) that is out of the ISR while a current
+    /// leader serves them: the replicas it still has to catch up. A broker
+    /// restarted in a rolling restart is not ready until this is empty, so the
+    /// next broker is not taken while the partition has one in-sync replica
+    /// fewer. Partitions without a live leader are left out: nobody can
+    /// catch up with them.
+    pub fn replicas_catching_up(&self, broker: BrokerId) -> Vec<(String, i32)> {
+        let mut out = Vec::new();
+        for topic in self.topics.values() {
+            for (index, state) in self.topic_partitions(topic) {
+                let Some(state) = state.map(|s| &s.value) else {
+                    continue;
+                };
+                let settled = state.replicas.contains(&broker)
+                    && !state.adding_replicas.contains(&broker)
+                    && !state.removing_replicas.contains(&broker);
+                if settled
+                    && state.leader != broker
+                    && self.leader_is_current(state)
+                    && !state.isr.contains(&broker)
+                {
+                    out.push((topic.name.clone(), index));
+                }
+            }
+        }
+        out
+    }
+
     /// Partitions of a topic, in index order, with their states where they exist.
     pub fn topic_partitions<'a>(
         &'a self,
