@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Offline validation of the Helm chart in deploy/helm/strata:
-#   - helm lint --strict and helm template, with the default values and with
-#     ci/production-values.yaml (both enforce values.schema.json);
+#   - helm lint --strict and helm template, with the default values (a
+#     three-broker cluster with the chart's own etcd), with replicas=1 (a single
+#     broker, no etcd) and with ci/production-values.yaml (five brokers on an
+#     existing etcd over TLS); all enforce values.schema.json;
 #   - kubernetes-validate --strict against the Kubernetes 1.33 schemas on each
 #     rendered output;
 #   - the ServiceMonitor (a CRD, not in kubernetes-validate's bundled schemas)
 #     against a small schema of the fields the chart renders, written below from
 #     the monitoring.coreos.com/v1 CRD;
-#   - replicas=2 is refused, and the message says why;
+#   - replicas=2 with a replication factor of 3 is refused, and the message says why;
 #   - content: security context, probes, per-pod advertised listener, Secret env
-#     references, strata.toml parses as TOML with only known keys.
+#     references, strata.toml parses as TOML with only known keys, the etcd
+#     StatefulSet's members and the brokers' etcd endpoints agree.
+# tests/e2e/test_helm_cluster.py goes further: it runs the rendered pods.
 #
 # Tools are installed once, outside the repository, under
 # ${STRATA_TOOLS_DIR:-$HOME/.cache/strata/tools}:
@@ -88,10 +92,16 @@ run() {
 }
 
 # --- lint and render --------------------------------------------------------------
-declare -A VALUES=([default]="" [production]="$CHART/ci/production-values.yaml")
-for case in default production; do
-  args=()
-  [ -n "${VALUES[$case]}" ] && args=(-f "${VALUES[$case]}")
+CASES=(default single production)
+case_args() {
+  case "$1" in
+    default) ;;
+    single) echo "--set replicas=1" ;;
+    production) echo "-f $CHART/ci/production-values.yaml" ;;
+  esac
+}
+for case in "${CASES[@]}"; do
+  read -r -a args <<<"$(case_args "$case")"
   run "helm lint --strict ($case values)" \
     "$HELM" lint --strict --kube-version "$K8S_VERSION" "$CHART" "${args[@]}"
   if ! "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
@@ -106,7 +116,7 @@ done
 # kubernetes-validate only warns, and exits 0, for a kind it has no schema for: a
 # misspelt apiVersion would pass unnoticed. So every output line fails the check
 # except the warning for the ServiceMonitor, which is checked separately below.
-for case in default production; do
+for case in "${CASES[@]}"; do
   set +e
   "$KV" --strict --quiet -k "$K8S_VERSION" "$WORK/$case.yaml" >"$WORK/kv-$case.txt" 2>&1
   rc=$?
@@ -135,17 +145,25 @@ if "$KV" --strict --quiet -k "$K8S_VERSION" "$WORK/broken.yaml" >"$WORK/kv-broke
 fi
 checks+=("kubernetes-validate refuses an unknown field (negative control)")
 
-# --- replicas > 1 is refused, with the reason -----------------------------------------
-if "$HELM" template "$RELEASE" "$CHART" --set replicas=2 >"$WORK/r2.txt" 2>&1; then
-  die "helm template --set replicas=2 succeeded; it must be refused"
-fi
-grep -q "multi-broker cluster" "$WORK/r2.txt" || { cat "$WORK/r2.txt" >&2; die "replicas=2 refused without the reason"; }
-checks+=("helm template --set replicas=2 refused by values.schema.json, with the reason")
-if "$HELM" template "$RELEASE" "$CHART" --set replicas=2 --skip-schema-validation >"$WORK/r2b.txt" 2>&1; then
-  die "helm template --set replicas=2 --skip-schema-validation succeeded; the templates must fail"
-fi
-grep -q "multi-broker cluster" "$WORK/r2b.txt" || { cat "$WORK/r2b.txt" >&2; die "template fail for replicas=2 lacks the reason"; }
-checks+=("helm template --set replicas=2 --skip-schema-validation refused by the templates, with the reason")
+# --- values the brokers cannot run with are refused, with the reason ------------------
+# refused NAME EXPECTED-TEXT HELM-ARGS...
+refused() {
+  local name="$1" want="$2"; shift 2
+  if "$HELM" template "$RELEASE" "$CHART" "$@" >"$WORK/refused.txt" 2>&1; then
+    die "helm template $* succeeded; it must be refused ($name)"
+  fi
+  grep -q "$want" "$WORK/refused.txt" || { cat "$WORK/refused.txt" >&2; die "$name refused without the reason"; }
+  checks+=("helm template refuses $name, saying why")
+}
+refused "replicas=2 with replicationFactor 3" "every partition needs 3 brokers" --set replicas=2
+refused "minInsyncReplicas above replicationFactor" "no acks=all write could ever succeed" \
+  --set cluster.minInsyncReplicas=4
+refused "https etcd without a CA" "needs the CA" --set 'cluster.etcd.endpoints[0]=https://etcd:2379'
+refused "a chart-owned cluster key in config" "set by the chart" --set config.cluster.name=x
+refused "a grace period shorter than the controlled shutdown" "must exceed the broker's controlled shutdown" \
+  --set terminationGracePeriodSeconds=30
+refused "cluster settings for a single broker" "a single broker runs without etcd" \
+  --set replicas=1 --set config.cluster.session_timeout_ms=5000
 
 # Config changes must change the pod template (checksum annotation rolls the pods).
 "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --kube-version "$K8S_VERSION" \
@@ -236,7 +254,8 @@ def by_name(items, name):
     return {i["name"]: i for i in items}.get(name)
 
 
-for case in ("default", "production"):
+BROKERS = {"default": 3, "single": 1, "production": 5}
+for case in ("default", "single", "production"):
     k = load(case)
     print(f"-- {case} values")
     kinds = sorted(k)
@@ -245,13 +264,19 @@ for case in ("default", "production"):
         want.add("ServiceMonitor")
     check(set(kinds) == want, f"kinds {kinds}")
 
-    # StatefulSet
-    (sts,) = k["StatefulSet"]
+    # StatefulSets: the brokers' and, by default, the chart's etcd.
+    stss = {d["metadata"]["name"]: d for d in k["StatefulSet"]}
+    check(set(stss) == ({fullname, f"{fullname}-etcd"} if case == "default" else {fullname}),
+          f"StatefulSets {sorted(stss)}")
+    sts = stss[fullname]
     spec = sts["spec"]
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
     sc = c["securityContext"]
-    check(spec["replicas"] == 1, "replicas 1")
+    brokers = BROKERS[case]
+    check(spec["replicas"] == brokers, f"replicas {brokers}")
+    check(spec["podManagementPolicy"] == ("OrderedReady" if brokers == 1 else "Parallel"),
+          "podManagementPolicy " + ("OrderedReady (one broker)" if brokers == 1 else "Parallel"))
     check(spec["serviceName"] == headless, "serviceName is the headless Service")
     check(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem true")
     check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation false")
@@ -287,8 +312,10 @@ for case in ("default", "production"):
     check(svcs.get(headless, {}).get("clusterIP") == "None"
           and svcs[headless].get("publishNotReadyAddresses") is True, "headless Service publishes not-ready addresses")
     check(fullname in svcs and svcs[fullname].get("clusterIP") != "None", "client Service")
-    (pdb,) = k["PodDisruptionBudget"]
-    check(pdb["spec"].get("maxUnavailable") == 1, "PodDisruptionBudget maxUnavailable 1")
+    pdbs = {p["metadata"]["name"]: p["spec"] for p in k["PodDisruptionBudget"]}
+    check(pdbs.get(fullname, {}).get("maxUnavailable") == 1
+          and pdbs[fullname]["selector"]["matchLabels"] == spec["selector"]["matchLabels"],
+          "brokers' PodDisruptionBudget maxUnavailable 1")
 
     # ConfigMap: strata.toml
     (cm,) = k["ConfigMap"]
@@ -325,13 +352,71 @@ for case in ("default", "production"):
     if case == "default":
         check(not any(n.startswith("AWS_") for n in names), "no AWS_* env without objectStore values")
         check(by_name(env, "STRATA_LOG_FORMAT").get("value") == "text", "STRATA_LOG_FORMAT text")
-        check(set(toml) == {"data_dir", "kafka_listen", "http_listen"}, "only the chart's keys by default")
+        check(set(toml) == {"data_dir", "kafka_listen", "http_listen", "cluster", "log"},
+              "only the chart's keys by default")
+        cl = toml["cluster"]
+        check(cl.get("default_replication_factor") == 3 and toml["log"] == {"min_insync_replicas": 2},
+              "default.replication.factor 3, min.insync.replicas 2")
+        check(not any(n.startswith("STRATA_CLUSTER__") for n in names), "no etcd credentials or rack by default")
+        # The chart's etcd: members, their names and the endpoints the brokers use agree.
+        etcd = stss[f"{fullname}-etcd"]
+        es = etcd["spec"]
+        epod = es["template"]["spec"]
+        (ec,) = epod["containers"]
+        args = dict(a[2:].split("=", 1) for a in ec["args"])
+        ehl = f"{fullname}-etcd-headless"
+        check(es["replicas"] == 3 and es["podManagementPolicy"] == "Parallel", "etcd: 3 members started in parallel")
+        check(ec["image"].startswith("quay.io/coreos/etcd:v3.") and int(ec["image"].split(".")[-2]) >= 5,
+              f"etcd: an official etcd image, 3.5 or newer ({ec['image']})")
+        members = [f"{fullname}-etcd-{i}" for i in range(3)]
+        check(args.get("initial-cluster") == ",".join(
+            f"{m}=http://{m}.{ehl}.{ns}.svc.cluster.local:2380" for m in members),
+            "etcd: --initial-cluster names every member by its stable DNS name")
+        check(cl.get("etcd_endpoints") == [f"http://{m}.{ehl}.{ns}.svc.cluster.local:2379" for m in members],
+              "brokers list every etcd member as an endpoint")
+        check(args.get("advertise-client-urls") == f"http://$(POD_NAME).{ehl}.{ns}.svc.cluster.local:2379"
+              and by_name(ec["env"], "POD_NAME") is not None, "etcd: each member advertises its own name")
+        check(es["serviceName"] == ehl and svcs.get(ehl, {}).get("publishNotReadyAddresses") is True,
+              "etcd: headless Service publishes members before they are ready")
+        evct = es["volumeClaimTemplates"][0]
+        check(ec["volumeMounts"][0]["name"] == evct["metadata"]["name"]
+              and args.get("data-dir", "").startswith(ec["volumeMounts"][0]["mountPath"] + "/"),
+              "etcd: data directory on its persistent volume")
+        check(pdbs.get(f"{fullname}-etcd", {}).get("maxUnavailable") == 1
+              and pdbs[f"{fullname}-etcd"]["selector"]["matchLabels"] == es["selector"]["matchLabels"],
+              "etcd: its own PodDisruptionBudget, maxUnavailable 1")
+        check("podAntiAffinity" in epod.get("affinity", {}), "etcd: pod anti-affinity")
+        sel_b, sel_e = spec["selector"]["matchLabels"], es["selector"]["matchLabels"]
+        check(not (sel_b.items() <= es["template"]["metadata"]["labels"].items())
+              and not (sel_e.items() <= spec["template"]["metadata"]["labels"].items()),
+              "broker and etcd selectors do not select each other's pods")
+        check(ec["readinessProbe"]["httpGet"]["path"] == "/health"
+              and "serializable=true" in ec["livenessProbe"]["httpGet"]["path"],
+              "etcd: ready with a quorum, alive without one")
+    elif case == "single":
+        check(set(toml) == {"data_dir", "kafka_listen", "http_listen"}, "a single broker: no [cluster], no etcd")
     else:
         for var, key in (("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")):
             ref = (by_name(env, var) or {}).get("valueFrom", {}).get("secretKeyRef", {})
             check(ref == {"name": "strata-s3", "key": key} and "value" not in by_name(env, var),
                   f"{var} from Secret strata-s3 key {key}")
         check(by_name(env, "AWS_REGION").get("value") == "eu-west-1", "AWS_REGION from values")
+        cl = toml.get("cluster", {})
+        check(cl.get("etcd_endpoints", [""])[0].startswith("https://etcd-0.etcd.platform")
+              and cl.get("name") == "prod-eu", "an existing etcd's endpoints and the cluster name")
+        tls_mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}.get("etcd-tls")
+        check(tls_mount == "/etc/strata/etcd-tls" and vols["etcd-tls"]["secret"]["secretName"] == "strata-etcd-tls",
+              "etcd TLS Secret mounted at /etc/strata/etcd-tls")
+        check((cl.get("etcd_ca_file"), cl.get("etcd_cert_file"), cl.get("etcd_key_file"))
+              == tuple(f"/etc/strata/etcd-tls/{f}" for f in ("ca.crt", "tls.crt", "tls.key")),
+              "strata.toml names the mounted CA, certificate and key")
+        for var, key in (("STRATA_CLUSTER__ETCD_USERNAME", "username"), ("STRATA_CLUSTER__ETCD_PASSWORD", "password")):
+            ref = (by_name(env, var) or {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check(ref == {"name": "strata-etcd-auth", "key": key}, f"{var} from Secret strata-etcd-auth")
+        check("password" not in text, "no etcd password in the ConfigMap")
+        rack = (by_name(env, "STRATA_CLUSTER__RACK") or {}).get("valueFrom", {}).get("fieldRef", {})
+        check(rack.get("fieldPath") == "metadata.labels['topology.kubernetes.io/zone']",
+              "rack from the pod's topology.kubernetes.io/zone label")
         check(by_name(env, "STRATA_LOG_FORMAT").get("value") == "json", "STRATA_LOG_FORMAT json")
         check(toml.get("tier", {}).get("object_store") == "s3://my-bucket/strata", "tier.object_store s3://my-bucket/strata")
         check(toml.get("log", {}).get("remote_storage_enable") is True, "log.remote_storage_enable true")
@@ -357,7 +442,7 @@ for case in ("default", "production"):
 # A config change changes the pod template.
 def checksum(path):
     for d in yaml.safe_load_all(path.read_text()):
-        if d and d["kind"] == "StatefulSet":
+        if d and d["kind"] == "StatefulSet" and d["metadata"]["name"] == fullname:
             return d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 print("-- config change")
 check(checksum(work / "default.yaml") != checksum(work / "changed.yaml"), "checksum/config changes with config")

@@ -61,13 +61,89 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
+{{/* Whether the brokers form a cluster (more than one replica). */}}
+{{- define "strata.clustered" -}}
+{{- if gt (int .Values.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{/* Whether the chart runs its own etcd. */}}
+{{- define "strata.ownEtcd" -}}
+{{- if and (include "strata.clustered" .) (not .Values.cluster.etcd.endpoints) }}true{{ end }}
+{{- end }}
+
+{{/* Name of the chart's etcd StatefulSet, and of its headless Service. */}}
+{{- define "strata.etcdName" -}}
+{{- printf "%s-etcd" (include "strata.fullname" .) }}
+{{- end }}
+{{- define "strata.etcdHeadlessName" -}}
+{{- printf "%s-etcd-headless" (include "strata.fullname" .) }}
+{{- end }}
+
+{{/* Labels that select the etcd pods (never the brokers': another name). */}}
+{{- define "strata.etcdSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "strata.name" . }}-etcd
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: etcd
+{{- end }}
+
+{{/* The etcd client URLs the brokers use: every member of the chart's etcd, or the given ones. */}}
+{{- define "strata.etcdEndpoints" -}}
+{{- if .Values.cluster.etcd.endpoints }}
+{{- toJson .Values.cluster.etcd.endpoints }}
+{{- else }}
+{{- $urls := list }}
+{{- $sts := include "strata.etcdName" . }}
+{{- $domain := printf "%s.%s.svc.%s" (include "strata.etcdHeadlessName" .) .Release.Namespace .Values.clusterDomain }}
+{{- range $i := until (int .Values.cluster.etcd.replicas) }}
+{{- $urls = append $urls (printf "http://%s-%d.%s:2379" $sts $i $domain) }}
+{{- end }}
+{{- toJson $urls }}
+{{- end }}
+{{- end }}
+
 {{/*
 Refuses values the broker cannot run with; called from every workload template.
-values.schema.json refuses them too, but helm's schema errors do not say why.
+values.schema.json refuses some of them too, but helm's schema errors do not say why.
 */}}
 {{- define "strata.validate" -}}
-{{- if gt (int .Values.replicas) 1 }}
-{{- fail (printf "replicas is %d, but Strata does not yet run as a multi-broker cluster: each replica would be an independent broker with its own topics that knows nothing of the others. Set replicas to 1." (int .Values.replicas)) }}
+{{- $replicas := int .Values.replicas }}
+{{- $rf := int .Values.cluster.replicationFactor }}
+{{- $isr := int .Values.cluster.minInsyncReplicas }}
+{{- if gt $replicas 1 }}
+{{- if gt $rf $replicas }}
+{{- fail (printf "replicas is %d but cluster.replicationFactor is %d: every partition needs %d brokers, so topics could not be created. Set replicas to at least %d, or lower cluster.replicationFactor." $replicas $rf $rf $rf) }}
+{{- end }}
+{{- if gt $isr $rf }}
+{{- fail (printf "cluster.minInsyncReplicas (%d) is above cluster.replicationFactor (%d): no acks=all write could ever succeed." $isr $rf) }}
+{{- end }}
+{{- $tls := .Values.cluster.etcd.tls }}
+{{- range .Values.cluster.etcd.endpoints }}
+{{- if and (hasPrefix "https://" .) (not $tls.existingSecret) }}
+{{- fail (printf "cluster.etcd.endpoints has %s but cluster.etcd.tls.existingSecret is empty: the broker needs the CA that signed etcd's certificate." .) }}
+{{- end }}
+{{- if not (or (hasPrefix "https://" .) (hasPrefix "http://" .)) }}
+{{- fail (printf "cluster.etcd.endpoints: %q must be a URL (http://host:2379 or https://host:2379)" .) }}
+{{- end }}
+{{- end }}
+{{- if and (not .Values.cluster.etcd.endpoints) (lt (int .Values.cluster.etcd.replicas) 1) }}
+{{- fail "cluster.etcd.replicas must be at least 1 (3 or 5 in production) when cluster.etcd.endpoints is empty" }}
+{{- end }}
+{{- $clusterConfig := .Values.config.cluster | default dict }}
+{{- range $key := list "etcd_endpoints" "name" "default_replication_factor" "rack" "broker_id" "etcd_username" "etcd_password" "etcd_ca_file" "etcd_cert_file" "etcd_key_file" }}
+{{- if hasKey $clusterConfig $key }}
+{{- fail (printf "config.cluster.%s is set by the chart from the cluster values (broker_id is each pod's ordinal); remove it from config" $key) }}
+{{- end }}
+{{- end }}
+{{- if hasKey (.Values.config.log | default dict) "min_insync_replicas" }}
+{{- fail "config.log.min_insync_replicas is set by the chart from cluster.minInsyncReplicas; set that instead" }}
+{{- end }}
+{{- $controlled := int (index $clusterConfig "controlled_shutdown_timeout_ms" | default 30000) }}
+{{- $drain := int (.Values.config.shutdown_timeout_ms | default 10000) }}
+{{- if le (mul (int .Values.terminationGracePeriodSeconds) 1000) (add $controlled $drain) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d s) must exceed the broker's controlled shutdown (%d ms) plus shutdown_timeout_ms (%d ms), or the kubelet kills brokers before their leaderships have moved" (int .Values.terminationGracePeriodSeconds) $controlled $drain) }}
+{{- end }}
+{{- else if .Values.config.cluster }}
+{{- fail "config.cluster is set but replicas is 1 or 0: a single broker runs without etcd. Set replicas to 3 for a cluster." }}
 {{- end }}
 {{- range $key := list "data_dir" "kafka_listen" "http_listen" "advertised_listener" }}
 {{- if hasKey $.Values.config $key }}
@@ -77,10 +153,25 @@ values.schema.json refuses them too, but helm's schema errors do not say why.
 {{- end }}
 
 {{/*
-The broker's config: values.config plus the keys the chart owns.
+The broker's config: values.config plus the keys the chart owns; in a cluster,
+the [cluster] section and min.insync.replicas from the cluster values.
 */}}
 {{- define "strata.config" -}}
 {{- $owned := dict "data_dir" "/var/lib/strata" "kafka_listen" "0.0.0.0:9092" "http_listen" "0.0.0.0:9644" }}
+{{- if include "strata.clustered" . }}
+{{- $cluster := dict "etcd_endpoints" (include "strata.etcdEndpoints" . | fromJsonArray) "name" .Values.cluster.name "default_replication_factor" (int .Values.cluster.replicationFactor) }}
+{{- with .Values.cluster.etcd.tls }}
+{{- if .existingSecret }}
+{{- $_ := set $cluster "etcd_ca_file" (printf "/etc/strata/etcd-tls/%s" .caKey) }}
+{{- if and .certKey .keyKey }}
+{{- $_ := set $cluster "etcd_cert_file" (printf "/etc/strata/etcd-tls/%s" .certKey) }}
+{{- $_ := set $cluster "etcd_key_file" (printf "/etc/strata/etcd-tls/%s" .keyKey) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $_ := set $owned "cluster" $cluster }}
+{{- $_ := set $owned "log" (dict "min_insync_replicas" (int .Values.cluster.minInsyncReplicas)) }}
+{{- end }}
 {{- $config := merge $owned (deepCopy (.Values.config | default dict)) }}
 {{- include "strata.toml" $config }}
 {{- end }}
