@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import shutil
 import subprocess
@@ -51,8 +50,7 @@ MARK_END = "<!-- bench:cluster:end -->"
 PARTITIONS = 6
 
 
-def log(*a):
-    print(f"[{time.strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)
+log = core.log_at
 
 
 def settle(c: Cluster, topic: str) -> None:
@@ -192,11 +190,7 @@ def main(argv):
         if problems:
             log("\n".join(problems))
     block = render(results, args, started, core.machine_info())
-    print(block)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    if args.write:
-        core.write_block(args.write, block, MARK_START, MARK_END)
+    core.publish(block, results, args, MARK_START, MARK_END)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import resource
 import shlex
@@ -54,8 +53,7 @@ SIZE = 1024
 RATE = 2000
 
 
-def log(*a):
-    print(f"[{time.strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)
+log = core.log_at
 
 
 def disk_baseline(directory: Path, syncs: int = 500, total_mb: int = 512) -> dict:
@@ -218,11 +216,7 @@ def main(argv):
         if problems:
             log("\n".join(problems))
     block = render(r, args, started, core.machine_info())
-    print(block)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
-    if args.write:
-        core.write_block(args.write, block, MARK_START, MARK_END)
+    core.publish(block, r, args, MARK_START, MARK_END)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import random
 import shlex
 import shutil
@@ -65,8 +64,7 @@ PARTITIONS = 3
 NEMESES = ("kill9", "kill9-leader", "pause", "partition", "etcd", "s3", "rolling")
 
 
-def log(*a):
-    print(f"[{time.strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)
+log = core.log_at
 
 
 class Soak:
@@ -286,11 +284,7 @@ def main(argv):
     if broker_problems:
         log("\n".join(broker_problems))
     block = render(results, args, started, core.machine_info())
-    print(block)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    if args.write:
-        core.write_block(args.write, block, MARK_START, MARK_END)
+    core.publish(block, results, args, MARK_START, MARK_END)
     if not args.keep and not results["problems"]:
         shutil.rmtree(work, ignore_errors=True)
     sys.exit(1 if results["problems"] or broker_problems else 0)

@@ -691,6 +691,22 @@ def render(results, args, strata_proc, started_at, machine):
     return "\n".join(lines) + "\n"
 
 
+def publish(block, results, args, mark_start, mark_end):
+    """Prints a benchmark's block, writes its raw results to `--json` and the
+    block into the `--write` markdown file, when those were given."""
+    print(block)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if args.write:
+        write_block(args.write, block, mark_start, mark_end)
+
+
+def log_at(*args):
+    """A progress line with the wall-clock time, on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}]", *args, file=sys.stderr, flush=True)
+
+
 def write_block(path, block, mark_start=MARK_START, mark_end=MARK_END):
     """Replaces the block between the marks in path (bench:core by default),
     appends it if absent, creates the file if missing."""

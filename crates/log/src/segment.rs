@@ -24,6 +24,18 @@ pub(crate) fn stem(base: i64) -> String {
     format!("{base:020}")
 }
 
+/// Removes files, those already gone included.
+fn remove_files(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn log_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{}.log", stem(base)))
 }
@@ -250,33 +262,19 @@ impl Segment {
 
     /// Deletes the index files (they no longer describe a truncated file).
     pub(crate) fn delete_indexes(&self) -> Result<()> {
-        for p in [
+        remove_files(&[
             index_path(&self.dir, self.base),
             time_index_path(&self.dir, self.base),
-        ] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        ])
     }
 
     /// Deletes the segment's files.
     pub(crate) fn delete(&self) -> Result<()> {
-        for p in [
+        remove_files(&[
             log_path(&self.dir, self.base),
             index_path(&self.dir, self.base),
             time_index_path(&self.dir, self.base),
-        ] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        ])
     }
 
     /// Position of the batch containing `offset`, scanning headers forward

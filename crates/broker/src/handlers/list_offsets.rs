@@ -196,8 +196,9 @@ pub(super) async fn list_offsets(
 }
 
 /// OffsetsForLeaderEpoch: for each partition, the largest epoch at or below
-/// the one asked about and where it ends in this leader's log (-1, -1 when
-/// the log knows no such epoch).
+/// the one asked about and where it ends in this leader's log (Kafka's
+/// `endOffsetFor`: an epoch older than every known one ends where the first
+/// starts; -1, -1 for an undefined epoch).
 pub(super) fn offsets_for_leader_epoch(
     broker: &Arc<Broker>,
     req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
