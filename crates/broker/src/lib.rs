@@ -8,6 +8,7 @@
 //! token fires, and [`Broker::close`] flushes every log.
 
 pub mod admin_api;
+mod appender;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -34,7 +34,7 @@ use crate::state::Broker;
 /// Replies a connection may have in flight before its reader waits.
 const MAX_IN_FLIGHT: usize = 128;
 
-type ReplyFuture = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
+type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 enum Outgoing {
     Ready(Bytes),
@@ -213,34 +213,59 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
     let reply = handlers::handle(broker, &ctx, request.body)
         .instrument(span)
         .await;
-    let reply: ReplyFuture = match reply {
+    match reply {
+        Reply::Later(fut) => Some(Outgoing::Pending {
+            api_key,
+            version,
+            correlation_id,
+            reply: Box::pin(async move { Reply::Now(fut.await) }),
+            started,
+        }),
+        Reply::Deferred(reply) => Some(Outgoing::Pending {
+            api_key,
+            version,
+            correlation_id,
+            reply,
+            started,
+        }),
+        now => finish(api_key, version, correlation_id, now, started, peer).map(Outgoing::Ready),
+    }
+}
+
+/// The bytes that answer a request whose reply is decided (nothing for a
+/// produce with acks=0); `None` closes the connection.
+fn finish(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    reply: Reply,
+    started: Instant,
+    peer: SocketAddr,
+) -> Option<Bytes> {
+    match reply {
         Reply::Now(body) => {
             observe(api_key, started);
-            return match encode_response(api_key, version, correlation_id, &body) {
-                Ok(b) => Some(Outgoing::Ready(b)),
+            match encode_response(api_key, version, correlation_id, &body) {
+                Ok(b) => Some(b),
                 Err(e) => {
                     error!(%peer, error = %e, "cannot encode response");
                     None
                 }
-            };
+            }
         }
-        Reply::Later(fut) => fut,
         Reply::Nothing => {
             observe(api_key, started);
-            return Some(Outgoing::Ready(Bytes::new()));
+            Some(Bytes::new())
         }
         Reply::Close(why) => {
             warn!(%peer, api = ?api_key, version, reason = %why, "closing connection");
-            return None;
+            None
         }
-    };
-    Some(Outgoing::Pending {
-        api_key,
-        version,
-        correlation_id,
-        reply,
-        started,
-    })
+        Reply::Later(_) | Reply::Deferred(_) => {
+            error!(%peer, api = ?api_key, "a deferred reply resolved to another deferred reply");
+            None
+        }
+    }
 }
 
 /// Runs `f` when dropped.
@@ -267,17 +292,10 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: 
                 correlation_id,
                 reply,
                 started,
-            } => {
-                let body = reply.await;
-                observe(api_key, started);
-                match encode_response(api_key, version, correlation_id, &body) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        error!(%peer, error = %e, "cannot encode response");
-                        break;
-                    }
-                }
-            }
+            } => match finish(api_key, version, correlation_id, reply.await, started, peer) {
+                Some(b) => b,
+                None => break,
+            },
         };
         if !bytes.is_empty() && out.write_all(&bytes).await.is_err() {
             break;

@@ -101,6 +101,10 @@ pub struct Partition {
     /// The broker's "new data" signal (fetch long polls wait on it).
     data_available: Arc<Notify>,
     log: Mutex<Log>,
+    /// Produce batches waiting to be appended (see `appender`).
+    pub(crate) appends: crate::appender::WorkQueue<crate::appender::Job>,
+    /// fsyncs waiting (flush policy `every-batch`; see `appender`).
+    pub(crate) syncs: crate::appender::WorkQueue<crate::appender::SyncJob>,
     /// Serializes fsyncs so concurrent producers share one (group commit).
     sync_lock: Mutex<()>,
     flush: FlushPolicy,
@@ -968,6 +972,8 @@ impl Broker {
             hw_advanced: Notify::new(),
             data_available: self.data_available.clone(),
             log: Mutex::new(log),
+            appends: Default::default(),
+            syncs: Default::default(),
             sync_lock: Mutex::new(()),
             flush: self.config.log.flush,
             policy: RwLock::new(*policy),

@@ -1,10 +1,11 @@
 //! Kafka request handlers. Each turns a decoded request into a [`Reply`]; the
 //! connection writes replies in request order.
 //!
-//! Requests are applied in the order they arrive on a connection (a produce is
-//! appended before the next request is read), but waiting, for an fsync or a
-//! fetch long poll, happens in the reply future, so a pipelining client's
-//! produces share fsyncs.
+//! Requests are applied in the order they arrive on a connection. A produce
+//! is queued on its partitions' append queues (see `appender`) before the
+//! next request is read, and appended while the connection reads on; waiting,
+//! for the append, an fsync or a fetch long poll, happens in the reply future,
+//! so a pipelining client's produces overlap and share fsyncs.
 //!
 //! One module per API family: `metadata` (Metadata, DescribeCluster),
 //! `produce`, `fetch`, `list_offsets`, `topics` (CreateTopics, DeleteTopics,
@@ -47,6 +48,9 @@ pub enum Reply {
     Now(ResponseKind),
     /// Send this response when the future completes (after earlier replies).
     Later(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
+    /// Decide the reply when the future completes (after earlier replies):
+    /// a produce whose outcome, with acks=0, may be to close the connection.
+    Deferred(Pin<Box<dyn Future<Output = Reply> + Send>>),
     /// Send nothing (produce with acks=0).
     Nothing,
     /// Close the connection (the protocol has no way to answer).

@@ -15,6 +15,7 @@ use kafka_protocol::ResponseError;
 use tracing::warn;
 use uuid::Uuid;
 
+use crate::appender;
 use crate::error::ApiError;
 use crate::state::{Broker, Partition};
 
@@ -112,49 +113,55 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
             }
         }
     }
-    let slots = tokio::task::spawn_blocking(move || {
-        work.into_iter()
-            .map(|(topic, index, item)| {
-                let mut leader_epoch = -1;
-                let outcome = item.and_then(|(part, epoch, mut bytes)| {
-                    let info = part.append(&mut bytes, epoch)?;
-                    leader_epoch = epoch;
-                    Ok((part, info))
-                });
-                ProduceSlot {
-                    topic,
-                    index,
-                    outcome,
-                    leader_epoch,
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let slots = match slots {
-        Ok(s) => s,
-        Err(e) => return Reply::Close(format!("produce task failed: {e}")),
+    // Queue the appends; the connection reads on while they run.
+    let mut appends = appender::Submission::appends();
+    let queued: Vec<Queued> = work
+        .into_iter()
+        .map(|(topic, index, item)| {
+            let item = item.map(|(part, epoch, bytes)| {
+                let pending = appends.append(&part, bytes, epoch);
+                (part, epoch, pending)
+            });
+            (topic, index, item)
+        })
+        .collect();
+    appends.start();
+    let waits = acks == -1
+        || queued
+            .iter()
+            .any(|(_, _, q)| q.as_ref().is_ok_and(|(p, _, _)| p.flush_every_batch()));
+    let names: Vec<String> = req
+        .topic_data
+        .iter()
+        .map(|t| t.name.0.to_string())
+        .collect();
+    let appended = async move {
+        let slots = collect_appends(queued).await;
+        for s in &slots {
+            if let Err(e) = &s.outcome {
+                warn!(
+                    topic = %names[s.topic],
+                    partition = s.index,
+                    error = e.code().to_string(),
+                    message = %e.message,
+                    "produce rejected"
+                );
+            }
+        }
+        slots
     };
-    for s in &slots {
-        if let Err(e) = &s.outcome {
-            warn!(
-                topic = %req.topic_data[s.topic].name.0,
-                partition = s.index,
-                error = e.code().to_string(),
-                message = %e.message,
-                "produce rejected"
-            );
-        }
-    }
     let broker = broker.clone();
-    let durable = sync_appended(broker.clone(), &slots);
     if acks == 0 {
-        if slots.iter().any(|s| s.outcome.is_err()) {
-            // Kafka's answer to a failed acks=0 produce: close the connection.
-            return Reply::Close("acks=0 produce failed".into());
-        }
-        tokio::spawn(durable);
-        return Reply::Nothing;
+        return Reply::Deferred(Box::pin(async move {
+            let slots = appended.await;
+            tokio::spawn(sync_appended(broker, &slots));
+            if slots.iter().any(|s| s.outcome.is_err()) {
+                // Kafka's answer to a failed acks=0 produce: close the connection.
+                Reply::Close("acks=0 produce failed".into())
+            } else {
+                Reply::Nothing
+            }
+        }));
     }
     let topics: Vec<(TopicName, Uuid)> = req
         .topic_data
@@ -162,8 +169,9 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
         .map(|t| (t.name.clone(), t.topic_id))
         .collect();
     let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
-    Reply::Later(Box::pin(async move {
-        let mut sync_error = durable.await;
+    let answer = async move {
+        let slots = appended.await;
+        let mut sync_error = sync_appended(broker.clone(), &slots).await;
         if acks == -1 {
             // acks=all: every in-sync replica has the records.
             let deadline = tokio::time::Instant::now() + timeout;
@@ -246,7 +254,55 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
             })
             .collect();
         ResponseKind::Produce(resp)
+    };
+    if !waits {
+        return Reply::Later(Box::pin(answer));
+    }
+    // Its own task, so this request's fsync and acks=all wait start as soon
+    // as its appends are done, not when the replies before it are sent.
+    let answer = tokio::spawn(answer);
+    Reply::Deferred(Box::pin(async move {
+        match answer.await {
+            Ok(resp) => Reply::Now(resp),
+            Err(e) => Reply::Close(format!("produce task failed: {e}")),
+        }
     }))
+}
+
+/// A partition's batch: queued, with the leader epoch it was routed by, or
+/// refused before queueing.
+type Queued = (
+    usize,
+    i32,
+    Result<(Arc<Partition>, i32, appender::Pending), ApiError>,
+);
+
+/// Waits for every queued append's outcome, in request order.
+async fn collect_appends(queued: Vec<Queued>) -> Vec<ProduceSlot> {
+    let mut slots = Vec::with_capacity(queued.len());
+    for (topic, index, item) in queued {
+        let (outcome, leader_epoch) = match item {
+            Ok((part, epoch, pending)) => match pending.await {
+                Ok(Ok(info)) => (Ok((part, info)), epoch),
+                Ok(Err(e)) => (Err(e), -1),
+                Err(_) => (
+                    Err(ApiError::new(
+                        ResponseError::UnknownServerError,
+                        "the append was abandoned",
+                    )),
+                    -1,
+                ),
+            },
+            Err(e) => (Err(e), -1),
+        };
+        slots.push(ProduceSlot {
+            topic,
+            index,
+            outcome,
+            leader_epoch,
+        });
+    }
+    slots
 }
 
 /// Makes appended data durable where the flush policy asks for it, then wakes
@@ -261,21 +317,24 @@ pub(super) fn sync_appended(
         .filter(|(p, _)| p.flush_every_batch())
         .map(|(p, info)| (p.clone(), info.last_offset + 1))
         .collect();
+    let mut syncs = appender::Submission::syncs();
+    let waits: Vec<_> = targets
+        .iter()
+        .map(|(p, end)| (p.clone(), syncs.sync(p, *end)))
+        .collect();
+    syncs.start();
     async move {
         let mut failed = Vec::new();
-        if !targets.is_empty() {
-            let res = tokio::task::spawn_blocking(move || {
-                targets
-                    .into_iter()
-                    .filter_map(|(p, end)| {
-                        p.sync_to(end)
-                            .err()
-                            .map(|e| (p.topic.clone(), p.index, ApiError::storage(e)))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await;
-            failed = res.unwrap_or_default();
+        for (p, done) in waits {
+            let outcome = done.await.unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    ResponseError::UnknownServerError,
+                    "the fsync was abandoned",
+                ))
+            });
+            if let Err(e) = outcome {
+                failed.push((p.topic.clone(), p.index, e));
+            }
         }
         broker.notify_data();
         failed
