@@ -180,8 +180,7 @@ impl ReadPlan {
         } else {
             max_bytes.min(available)
         };
-        let mut buf = vec![0u8; want.min(available)];
-        self.file.read_exact_at(&mut buf, pos)?;
+        let mut buf = read_at(&self.file, want.min(available), pos)?;
         let mut keep = 0;
         for (at, h) in batch::headers(&buf) {
             if h.base_offset >= self.max_offset {
@@ -192,6 +191,26 @@ impl ReadPlan {
         buf.truncate(keep);
         Ok(Bytes::from(buf))
     }
+}
+
+/// Reads `len` bytes at `pos` into a new buffer, without first zeroing it
+/// (the buffer is as large as a fetch's response; zeroing it costs as much as
+/// copying it).
+fn read_at(file: &File, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = pos + buf.len() as u64;
+        // Fills spare capacity and extends the length by what was read.
+        let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "segment ends before the indexed batch",
+            ));
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// A partition's log.
