@@ -56,43 +56,6 @@ RATE = 2000
 log = core.log_at
 
 
-def disk_baseline(directory: Path, syncs: int = 500, total_mb: int = 512) -> dict:
-    """fdatasync latency of 64 KiB appends, and sequential write bandwidth
-    (written in 1 MiB blocks, one fdatasync at the end)."""
-    path = directory / "disk-probe"
-    block = os.urandom(64 * 1024)
-    lat = []
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for _ in range(syncs):
-            os.write(fd, block)
-            t = time.perf_counter()
-            os.fdatasync(fd)
-            lat.append(time.perf_counter() - t)
-    finally:
-        os.close(fd)
-    mib = os.urandom(1 << 20)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        t = time.perf_counter()
-        for _ in range(total_mb):
-            os.write(fd, mib)
-        os.fdatasync(fd)
-        seconds = time.perf_counter() - t
-    finally:
-        os.close(fd)
-        path.unlink()
-    lat.sort()
-    return {"fdatasync_p50_ms": core.percentile(lat, 0.5) * 1000, "fdatasync_p99_ms": core.percentile(lat, 0.99) * 1000,
-            "write_mb_per_s": total_mb * (1 << 20) / seconds / 1e6}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured_run(c: Cluster, admin: AdminClient, rf: int, n: int, **run) -> dict:
     """One produce run on a fresh topic (deleted afterwards, so the disk does
     not fill up over the runs), with the CPU the brokers and this client used."""
@@ -102,10 +65,10 @@ def measured_run(c: Cluster, admin: AdminClient, rf: int, n: int, **run) -> dict
     wait_until(lambda: len(c.partitions(name)) == core.PARTITIONS
                and all(len(p["isr"]) == rf for p in c.partitions(name).values()), 60, f"{name} replicated")
     pids = [b.proc.pid for b in c.brokers]
-    before = [cpu_seconds(p) for p in pids]
+    before = [core.cpu_seconds(p) for p in pids]
     me = resource.getrusage(resource.RUSAGE_SELF)
     res = core.produce_run(c.bootstrap, name, SIZE, "all", **run)
-    after = [cpu_seconds(p) for p in pids]
+    after = [core.cpu_seconds(p) for p in pids]
     me2 = resource.getrusage(resource.RUSAGE_SELF)
     msgs = max(res["messages"], 1)
     res["broker_cpu_us_per_msg"] = (sum(after) - sum(before)) / msgs * 1e6
@@ -189,7 +152,7 @@ def main(argv):
         admin = AdminClient({"bootstrap.servers": c.bootstrap})
         admin.create_topics([NewTopic("bench-failover", num_partitions=1, replication_factor=3,
                                       config={"min.insync.replicas": "2"})])["bench-failover"].result(60)
-        r["disk"].append(disk_baseline(c.brokers[0].data_dir))
+        r["disk"].append(core.disk_baseline(c.brokers[0].data_dir))
         log(f"disk: {r['disk'][-1]}")
         for run in range(args.runs):
             for key in ("rf1", "rf3") if run % 2 == 0 else ("rf3", "rf1"):
@@ -202,7 +165,7 @@ def main(argv):
                                    max_seconds=args.seconds + 10, rate=RATE)
                 r["latency"][key].append(res)
                 log(f"latency {key} run {run + 1}: p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms")
-        r["disk"].append(disk_baseline(c.brokers[0].data_dir))
+        r["disk"].append(core.disk_baseline(c.brokers[0].data_dir))
         wait_until(lambda: c.partitions("bench-failover") and len(c.partitions("bench-failover")[0]["isr"]) == 3,
                    60, "the failover topic replicated")
         session_s = args.session_timeout_ms / 1000
