@@ -164,9 +164,17 @@ impl Submission {
         if !self.claimed.is_empty() {
             let parts = self.claimed;
             match self.kind {
-                Kind::Appends => tokio::task::spawn_blocking(move || drain_appends(parts)),
-                Kind::Syncs => tokio::task::spawn_blocking(move || drain_syncs(parts)),
-            };
+                Kind::Appends => {
+                    tokio::task::spawn_blocking(move || drain_appends(parts));
+                }
+                // fsyncs of different files proceed in parallel on the disk:
+                // one task per partition, so none waits for another's.
+                Kind::Syncs => {
+                    for part in parts {
+                        tokio::task::spawn_blocking(move || drain_syncs(vec![part]));
+                    }
+                }
+            }
         }
     }
 }
