@@ -51,6 +51,8 @@ MARK_START = "<!-- bench:features:start -->"
 MARK_END = "<!-- bench:features:end -->"
 PARTITIONS = 6
 MiB = 1 << 20
+# The cold cache's memory budget in the tier and lake runs.
+CACHE_MEMORY_MIB = 64
 
 
 def log(*a):
@@ -362,7 +364,7 @@ def bench_groups(bootstrap, args):
 def bench_tier(binary, args, store_value, env):
     res = {}
     toml = (f'retention_check_interval_ms = 1000\n\n[log]\nflush = "os"\n\n[tier]\nobject_store = "{store_value}"\n'
-            f"cache_memory_bytes = {64 * MiB}\ncache_disk_bytes = {1024 * MiB}\noffload_interval_ms = 500\n")
+            f"cache_memory_bytes = {CACHE_MEMORY_MIB * MiB}\ncache_disk_bytes = {1024 * MiB}\noffload_interval_ms = 500\n")
     b = Broker(binary, args.work_dir, toml, env)
     bootstrap = b.start()
     try:
@@ -458,7 +460,7 @@ def wait_lake(b, topic, target, timeout=900):
 def bench_lake(binary, args, store_value, env):
     res = {}
     base = (f'retention_check_interval_ms = 1000\n\n[log]\nflush = "os"\n\n[tier]\nobject_store = "{store_value}"\n'
-            f"cache_memory_bytes = {64 * MiB}\ncache_disk_bytes = {1024 * MiB}\noffload_interval_ms = 500\n")
+            f"cache_memory_bytes = {CACHE_MEMORY_MIB * MiB}\ncache_disk_bytes = {1024 * MiB}\noffload_interval_ms = 500\n")
     # 1. Throughput, uncapped: a backlog of uploaded segments switched to the lake.
     b = Broker(binary, args.work_dir, base + "\n[lake]\nmax_bytes_per_second = 0\ninterval_ms = 200\n", env)
     bootstrap = b.start()
@@ -598,7 +600,8 @@ def render(r, args, started, machine, store_label):
                 f"| ≤ 1.2× | {status(t['p99_replay']['p99_ms'] <= 1.2 * t['p99_idle']['p99_ms'])} |",
                 f"| broker RSS after the replay (peak) | {f1(t['rss_mib'], ' MiB')} ({f1(t['rss_peak_mib'], ' MiB')}) "
                 f"| empty broker {f1(t['empty_rss_mib'], ' MiB')} | {ratio(t['rss_mib'], t['empty_rss_mib'])} "
-                f"| | |",
+                f"| peak ≤ cache memory + 256 MiB ({CACHE_MEMORY_MIB + 256} MiB) "
+                f"| {status(t['rss_peak_mib'] <= CACHE_MEMORY_MIB + 256)} |",
                 f"| broker RSS after a restart with this history | {f1(t.get('rss_restarted_mib'), ' MiB')} "
                 f"| empty broker {f1(t['empty_rss_mib'], ' MiB')} | {ratio(t.get('rss_restarted_mib'), t['empty_rss_mib'])} "
                 f"| not growing with history | {status((t.get('rss_restarted_mib') or 1e9) < 2 * t['empty_rss_mib'] + 16)} |",
@@ -620,8 +623,8 @@ def render(r, args, started, machine, store_label):
                 f"budget ({k['rows_during_paced']:,} rows written meanwhile) | {f1(k['p99_lake']['p99_ms'], ' ms')} "
                 f"| idle {f1(k['p99_idle']['p99_ms'], ' ms')} | {ratio(k['p99_lake']['p99_ms'], k['p99_idle']['p99_ms'])} |",
                 "",
-                f"Target for the last row: the cold-read budget, p99 ≤ 1.2× idle: "
-                f"{status(k['p99_lake']['p99_ms'] <= 1.2 * k['p99_idle']['p99_ms'])}.", ""]
+                f"Target for the last row: p99 ≤ 1.1× idle: "
+                f"{status(k['p99_lake']['p99_ms'] <= 1.1 * k['p99_idle']['p99_ms'])}.", ""]
     out.append(MARK_END)
     return "\n".join(out) + "\n"
 

@@ -21,10 +21,12 @@
 //! - `_progress` advances only after every file of a segment is written.
 //!
 //! # Budget
-//! One partition is processed at a time, decoding and Parquet encoding run on
-//! one blocking thread, and `lake.max_bytes_per_second` caps the segment
-//! bytes turned into Parquet, so the writer's CPU use is bounded next to
-//! produce and fetch.
+//! One partition is processed at a time. Decoding and Parquet encoding run
+//! on a thread of their own at a lower scheduling priority (nice 10), so on a
+//! busy machine produce and fetch run first, and the encoder draws on
+//! `lake.max_bytes_per_second` (segment bytes turned into Parquet) every
+//! few thousand rows: the writer's CPU use is spread evenly at that rate
+//! instead of arriving as one burst per segment.
 
 pub mod records;
 pub mod schema;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::buffered::BufWriter;
@@ -15,6 +15,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
+use strata_tier::budget::{spawn_background, ByteRate};
 use strata_tier::remote::Remote;
 use strata_tier::{PartitionId, Tier};
 use tokio::io::AsyncWriteExt;
@@ -213,7 +214,8 @@ pub struct Lake {
     tier: Arc<Tier>,
     remote: Arc<Remote>,
     state: Mutex<HashMap<(Uuid, i32), State>>,
-    budget_next: tokio::sync::Mutex<Instant>,
+    /// `max_bytes_per_second`, drawn on in steps as rows are encoded.
+    budget: Arc<ByteRate>,
 }
 
 impl std::fmt::Debug for Lake {
@@ -231,6 +233,10 @@ struct ChunkSender {
 }
 
 const CHUNK: usize = 8 << 20;
+
+/// Rows the encoder turns into Parquet between two draws on the byte
+/// budget: small steps, so the writer never encodes a segment in one burst.
+const STEP_ROWS: usize = 4096;
 
 impl Write for ChunkSender {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
@@ -255,11 +261,11 @@ impl Lake {
     /// A writer storing into the object tier.
     pub fn new(config: LakeConfig, tier: Arc<Tier>) -> Arc<Self> {
         Arc::new(Self {
+            budget: Arc::new(ByteRate::new(config.max_bytes_per_second)),
             config,
             remote: tier.remote().clone(),
             tier,
             state: Mutex::new(HashMap::new()),
-            budget_next: tokio::sync::Mutex::new(Instant::now()),
         })
     }
 
@@ -340,20 +346,6 @@ impl Lake {
         Ok((progress, false))
     }
 
-    async fn throttle(&self, bytes: u64) {
-        let rate = self.config.max_bytes_per_second;
-        if rate == 0 {
-            return;
-        }
-        let start = {
-            let mut next = self.budget_next.lock().await;
-            let start = (*next).max(Instant::now());
-            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
-            start
-        };
-        tokio::time::sleep_until(start.into()).await;
-    }
-
     /// Writes the lake files of every closed segment of `src` not yet in
     /// the lake. Returns how many segments were written.
     pub async fn process(&self, src: &LakeSource) -> Result<usize, String> {
@@ -413,7 +405,6 @@ impl Lake {
                 }
                 progress.next_offset = seg.base_offset;
             }
-            self.throttle(seg.size_bytes).await;
             let data = match &seg.local_path {
                 Some(p) => match tokio::fs::read(p).await {
                     Ok(b) => Bytes::from(b),
@@ -504,9 +495,13 @@ impl Lake {
         from: i64,
     ) -> Result<(u64, u64, u64, u64), String> {
         let partition = src.partition;
-        let rows = tokio::task::spawn_blocking(move || records::decode(&data, partition))
+        let segment_bytes = data.len() as f64;
+        let rows = spawn_background("strata-lake", move || records::decode(&data, partition))
             .await
             .map_err(|e| e.to_string())??;
+        // The budget counts segment bytes; the encoder draws on it per step
+        // of rows, each row standing for an equal share of the segment.
+        let bytes_per_row = segment_bytes / rows.len().max(1) as f64;
         let mut by_date: BTreeMap<String, Vec<Row>> = BTreeMap::new();
         for r in rows.into_iter().filter(|r| r.offset >= from) {
             by_date.entry(date_of(r.timestamp)).or_default().push(r);
@@ -517,7 +512,9 @@ impl Lake {
             let last = rows.last().expect("non-empty").offset;
             let key = file_key(&src.topic, src.partition, &date, first, last);
             total += rows.len() as u64;
-            let (mismatches, size) = self.write_file(&key, rows, src.format.clone()).await?;
+            let (mismatches, size) = self
+                .write_file(&key, rows, src.format.clone(), bytes_per_row)
+                .await?;
             bad += mismatches;
             written += size;
             files += 1;
@@ -525,18 +522,20 @@ impl Lake {
         Ok((files, total, bad, written))
     }
 
-    /// Encodes `rows` as Parquet on a blocking thread while an async task
+    /// Encodes `rows` as Parquet on a low-priority thread, in steps of
+    /// [`STEP_ROWS`] rows each paced by the byte budget, while an async task
     /// streams the bytes to the store as one multipart upload.
     async fn write_file(
         &self,
         key: &Path,
         rows: Vec<Row>,
         format: Arc<ValueFormat>,
+        bytes_per_row: f64,
     ) -> Result<(u64, u64), String> {
         let props = self.config.properties()?;
-        let group = self.config.row_group_rows;
+        let budget = self.budget.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
-        let encode = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let encode = spawn_background("strata-lake", move || -> Result<u64, String> {
             let schema = table::arrow_schema(&format);
             let sink = ChunkSender {
                 tx,
@@ -545,7 +544,10 @@ impl Lake {
             let mut w = ArrowWriter::try_new(sink, schema.clone(), Some(props))
                 .map_err(|e| e.to_string())?;
             let mut mismatches = 0;
-            for chunk in rows.chunks(group) {
+            // Row groups still hold `row_group_rows`: the writer gathers
+            // steps until a group is full.
+            for chunk in rows.chunks(STEP_ROWS) {
+                budget.acquire_blocking((chunk.len() as f64 * bytes_per_row) as u64);
                 let (batch, bad) = table::record_batch(chunk, &format, &schema)?;
                 mismatches += bad;
                 w.write(&batch).map_err(|e| e.to_string())?;

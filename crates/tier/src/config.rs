@@ -45,6 +45,10 @@ pub struct TierConfig {
     pub cold_read_concurrency: usize,
     /// Bytes cold reads may have in flight from the object store.
     pub cold_read_max_bytes_in_flight: u64,
+    /// Bytes per second cold reads may fetch from the object store, across
+    /// the broker (Kafka's `remote.log.manager.fetch.max.bytes.per.second`;
+    /// 0: none). Cache hits do not count.
+    pub cold_read_bytes_per_second: u64,
     /// Timeout of one object-store request.
     pub request_timeout_ms: u64,
     /// Largest wait between retries of a failing upload.
@@ -76,6 +80,7 @@ impl Default for TierConfig {
             cache_dir: String::new(),
             cold_read_concurrency: 16,
             cold_read_max_bytes_in_flight: 128 << 20,
+            cold_read_bytes_per_second: 64 << 20,
             request_timeout_ms: 30_000,
             retry_max_backoff_ms: 30_000,
             metadata_snapshot_interval_ms: 10_000,

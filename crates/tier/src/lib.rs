@@ -45,6 +45,7 @@
 //! object store. A cold read that fails returns an error at once (the client
 //! retries its fetch).
 
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod faults;

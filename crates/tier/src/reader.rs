@@ -6,8 +6,11 @@
 //! After each read the chunks that follow (into the next segment when the
 //! read reached the end of this one) are fetched ahead in the background, if
 //! the prefetch budget allows. Every GET takes a permit of the cold-read
-//! concurrency budget and the chunk's size from the byte budget, so replays
-//! queue behind each other instead of crowding out the rest of the broker.
+//! concurrency budget, the chunk's size from the bytes-in-flight budget and
+//! its transmission time from the broker-wide cold-read byte rate
+//! (`cold_read_bytes_per_second`, Kafka's
+//! `remote.log.manager.fetch.max.bytes.per.second`), so replays queue behind
+//! each other instead of crowding out produce and hot fetches.
 
 use std::sync::Arc;
 
@@ -90,6 +93,7 @@ impl Tier {
                     .acquire_many(kib(end - start))
                     .await
                     .expect("never closed");
+                self.cold_rate.acquire(end - start).await;
                 self.remote.get_range(object, start..end).await
             })
             .await

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::budget::ByteRate;
 use crate::cache::{CacheStats, ChunkCache};
 use crate::config::TierConfig;
 use crate::faults;
@@ -272,27 +273,6 @@ impl RemotePartition {
     }
 }
 
-/// A bandwidth cap: reserves transmission time for each upload part.
-struct RateLimiter {
-    bytes_per_second: u64,
-    next_free: tokio::sync::Mutex<Instant>,
-}
-
-impl RateLimiter {
-    async fn acquire(&self, bytes: u64) {
-        if self.bytes_per_second == 0 {
-            return;
-        }
-        let start = {
-            let mut next = self.next_free.lock().await;
-            let start = (*next).max(Instant::now());
-            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-            start
-        };
-        tokio::time::sleep_until(start.into()).await;
-    }
-}
-
 type PartitionSlot = Arc<OnceCell<Arc<RemotePartition>>>;
 
 /// The broker's object tier.
@@ -306,7 +286,10 @@ pub struct Tier {
     pub(crate) cold_gets: Semaphore,
     pub(crate) cold_bytes: Semaphore,
     pub(crate) prefetches: Arc<Semaphore>,
-    limiter: RateLimiter,
+    /// Upload bandwidth (`upload_bytes_per_second`).
+    limiter: ByteRate,
+    /// Bytes cold reads may fetch from the object store per second.
+    pub(crate) cold_rate: ByteRate,
     reachable: AtomicBool,
     wake: tokio::sync::Notify,
     uploaded: tokio::sync::Notify,
@@ -355,10 +338,8 @@ impl Tier {
             prefetches: Arc::new(Semaphore::new(
                 config.cold_read_concurrency.div_ceil(2).max(1),
             )),
-            limiter: RateLimiter {
-                bytes_per_second: config.upload_bytes_per_second,
-                next_free: tokio::sync::Mutex::new(Instant::now()),
-            },
+            limiter: ByteRate::new(config.upload_bytes_per_second),
+            cold_rate: ByteRate::new(config.cold_read_bytes_per_second),
             indexes: moka::future::Cache::builder()
                 .max_capacity(64 << 20)
                 .weigher(|_k: &String, v: &Arc<RemoteIndex>| {
