@@ -161,11 +161,33 @@ fn main() -> Result<()> {
         }
         Command::Serve(args) => {
             let config = settings::load(&args.overrides(), std::env::vars())?;
+            raise_fd_limit();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("strata")
                 .build()?;
             runtime.block_on(serve(config))
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as the JVM does
+/// for Kafka and Go's runtime for its programs: a broker holds a file for
+/// every partition's active segment and a socket for every client, far past
+/// the soft limit of 1,024 most systems start processes with.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                info!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit")
+            }
+            Err(e) => warn!(limit = ?limit.current, error = %e, "cannot raise the open-file limit"),
         }
     }
 }
