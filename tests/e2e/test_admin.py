@@ -69,6 +69,26 @@ def test_topics_over_rest_and_over_kafka_are_the_same_topics(broker):
     assert status == 409 and "already exists" in body["error"]["message"]
 
 
+def test_many_large_topics_created_in_one_request_all_exist_whole(broker):
+    # A topic of more than 100 partitions is committed in several steps; the
+    # controller must not race its own creation.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    names = [f"wide-{i}" for i in range(6)]
+    futures = admin.create_topics([NewTopic(n, 150, 1) for n in names], request_timeout=120)
+    for name, f in futures.items():
+        f.result(120)
+    md = admin.list_topics(timeout=30)
+    for n in names:
+        assert sorted(md.topics[n].partitions) == list(range(150)), n
+    p = Producer(producer_config(broker.bootstrap))
+    for n in names:
+        p.produce(n, b"last", partition=149)
+    assert p.flush(30) == 0
+    for n in names:
+        assert watermarks(broker.bootstrap, n, 150)[149] == (0, 1)
+        admin.delete_topics([n])[n].result(30)
+
+
 def test_lag_over_rest_equals_what_a_client_computes(broker):
     topic, group = "lagging", "lag-group"
     create_topic(broker.bootstrap, topic, 3)

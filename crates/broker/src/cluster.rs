@@ -200,6 +200,10 @@ async fn controller_loop(broker: Arc<Broker>) {
     let mut collected_for: Option<i64> = None;
     loop {
         if let Some(epoch) = broker.store.session().controller_epoch() {
+            // Not while this controller's own change is half committed (a
+            // topic created in several commits): reconciling it would race
+            // the change's next commit.
+            let _admin = broker.admin.lock().await;
             let img = images.borrow_and_update().clone();
             let ops = controller::reconcile(&img, unclean_allowed);
             if !ops.is_empty() {
