@@ -554,6 +554,7 @@ impl Partition {
             l.maybe_roll_idle(now)?;
             let rolled = l.segment_count() > before;
             l.expire_producers(now);
+            l.close_unused_files();
             let size = l.size_bytes();
             let deleted = l.apply_retention_with(now, limits)?;
             self.track_size(size, l.size_bytes());
@@ -585,16 +586,14 @@ impl Partition {
     /// concurrent callers. Blocking.
     pub fn sync_to(&self, offset: i64) -> Result<(), strata_log::Error> {
         let _turn = self.sync_lock.lock().expect("sync lock poisoned");
-        let (file, end) = self
-            .with_log(|l| {
-                if l.flushed_offset() >= offset {
-                    None
-                } else {
-                    Some(l.sync_target())
-                }
-            })
-            .map_or((None, 0), |(f, e)| (Some(f), e));
-        if let Some(file) = file {
+        let target = self.with_log(|l| {
+            if l.flushed_offset() >= offset {
+                Ok(None)
+            } else {
+                l.sync_target().map(Some)
+            }
+        })?;
+        if let Some((file, end)) = target {
             file.sync_data()?;
             self.with_log(|l| l.mark_flushed(end));
         }
@@ -1152,19 +1151,33 @@ impl Broker {
     pub fn close(&self) {
         self.stopping.cancel();
         self.fetchers.stop_all();
-        for topic in self.topics() {
-            for p in topic.partitions() {
-                if let Err(e) = p.with_log(|l| l.close()) {
-                    warn!(topic = %p.topic, partition = p.index, error = %e, "closing log failed");
-                }
+        // Each close fsyncs a few files: with thousands of partitions they
+        // run on several threads, so the disk's queue stays full.
+        let parts: Vec<Arc<Partition>> =
+            self.topics().iter().flat_map(|t| t.partitions()).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..CLOSE_THREADS.min(parts.len()) {
+                s.spawn(|| {
+                    while let Some(p) =
+                        parts.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        if let Err(e) = p.with_log(|l| l.close()) {
+                            warn!(topic = %p.topic, partition = p.index, error = %e, "closing log failed");
+                        }
+                    }
+                });
             }
-        }
+        });
         if let Err(e) = self.groups.store().checkpoint() {
             warn!(error = %e, "cannot checkpoint committed offsets");
         }
         info!("logs flushed and closed");
     }
 }
+
+/// Threads that close logs at shutdown.
+const CLOSE_THREADS: usize = 8;
 
 pub(crate) fn write_file_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

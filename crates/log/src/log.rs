@@ -307,7 +307,7 @@ impl Log {
             segment::sync_dir(dir)?;
         } else if let Some(active) = segments.values().next_back() {
             // What recovery kept is what readers may see: make it durable first.
-            active.file.sync_data()?;
+            active.file.get()?.sync_data()?;
         }
         let next = segments.values().next_back().map_or(0, |s| s.next_offset);
         // Without a checkpoint (a lone replica, or a log from before
@@ -328,6 +328,11 @@ impl Log {
         };
         log.recover_producers(snapshots)?;
         log.recover_epochs()?;
+        // Closed segments' files open again when read.
+        let closed = log.segments.len() - 1;
+        for seg in log.segments.values().take(closed) {
+            seg.file.release();
+        }
         debug!(
             dir = %dir.display(),
             clean,
@@ -336,6 +341,22 @@ impl Log {
             "log opened"
         );
         Ok(log)
+    }
+
+    /// Closes the files of closed segments not read since the previous call
+    /// (a reader opens them again). Returns how many it closed.
+    pub fn close_unused_files(&self) -> usize {
+        let closed = self.segments.len() - 1;
+        self.segments
+            .values()
+            .take(closed)
+            .filter(|s| s.file.close_if_unused())
+            .count()
+    }
+
+    /// Files of this log's segments open now.
+    pub fn open_files(&self) -> usize {
+        self.segments.values().filter(|s| s.file.is_open()).count()
     }
 
     /// The log's directory.
@@ -599,7 +620,7 @@ impl Log {
         }
         let seg = self.segments.get(&base).expect("present");
         let cut = Segment::find_position(
-            &seg.file,
+            &*seg.file.get()?,
             seg.index.lookup(offset).position,
             seg.size,
             offset,
@@ -611,8 +632,9 @@ impl Log {
             let new = Segment::create(&self.dir, base, now_ms, interval)?;
             self.segments.insert(base, new);
         } else {
-            seg.file.set_len(cut)?;
-            seg.file.sync_all()?;
+            let file = seg.file.get()?;
+            file.set_len(cut)?;
+            file.sync_all()?;
             seg.delete_indexes()?;
             let reopened = Segment::open(&self.dir, base, now_ms, interval, false)?;
             self.segments.insert(base, reopened);
@@ -840,8 +862,9 @@ impl Log {
         let mut header = [0u8; HEADER_LEN];
         for seg in self.segments.range(first..).map(|(_, s)| s) {
             let mut pos = seg.index.lookup(from).position;
+            let file = seg.file.get()?;
             while pos + HEADER_LEN as u64 <= seg.size {
-                seg.file.read_exact_at(&mut header, pos)?;
+                file.read_exact_at(&mut header, pos)?;
                 let h = batch::parse_header(&header)?;
                 if h.last_offset() >= from {
                     f(&h);
@@ -922,8 +945,8 @@ impl Log {
     /// What a sync needs, taken under the lock: the active file and the end
     /// offset it will cover. Do the fsync outside the lock, then call
     /// [`Log::mark_flushed`]; concurrent producers share one fsync that way.
-    pub fn sync_target(&self) -> (Arc<File>, i64) {
-        (self.active().file.clone(), self.log_end_offset())
+    pub fn sync_target(&self) -> Result<(Arc<File>, i64)> {
+        Ok((self.active().file.get()?, self.log_end_offset()))
     }
 
     /// Records that everything below `offset` is durable.
@@ -938,7 +961,7 @@ impl Log {
 
     /// Fsyncs the active segment now (holding the lock).
     pub fn sync(&mut self) -> Result<()> {
-        let (file, end) = self.sync_target();
+        let (file, end) = self.sync_target()?;
         file.sync_data()?;
         self.mark_flushed(end);
         Ok(())
@@ -968,7 +991,7 @@ impl Log {
             .map(|(_, s)| s)
             .expect("offset at or above log start has a segment");
         Ok(ReadPlan {
-            file: seg.file.clone(),
+            file: seg.file.get()?,
             start_position: seg.index.lookup(offset).position,
             end_position: seg.size,
             offset,
@@ -993,15 +1016,15 @@ impl Log {
             let start = seg.time_index.scan_start(ts);
             let mut pos = seg.index.lookup(start).position;
             let mut header = [0u8; HEADER_LEN];
+            let file = seg.file.get()?;
             while pos + HEADER_LEN as u64 <= seg.size {
-                seg.file.read_exact_at(&mut header, pos)?;
+                file.read_exact_at(&mut header, pos)?;
                 let h = batch::parse_header(&header)?;
                 if h.base_offset >= hw {
                     return Ok(None);
                 }
                 if h.max_timestamp >= ts {
-                    let mut buf = vec![0u8; h.size];
-                    seg.file.read_exact_at(&mut buf, pos)?;
+                    let buf = read_at(&file, h.size, pos)?;
                     return Ok(Some(Bytes::from(buf)));
                 }
                 pos += h.size as u64;
@@ -1193,6 +1216,36 @@ mod tests {
         // A read in the middle of a batch starts with that batch.
         let b = log.read(4, 100_000, true).unwrap();
         assert_eq!(batch::parse_header(&b).unwrap().base_offset, 3);
+    }
+
+    #[test]
+    fn closed_segments_hold_no_file_until_read_and_close_again_when_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 100, 0);
+        let segments = log.segment_count();
+        assert!(segments > 3);
+        log.close().unwrap();
+        let log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!(
+            log.open_files(),
+            1,
+            "only the active segment's file is open"
+        );
+        // Reading history opens its segment again.
+        let b = log.read(4, 100_000, true).unwrap();
+        assert_eq!(batch::parse_header(&b).unwrap().base_offset, 3);
+        assert_eq!(log.open_files(), 2);
+        assert_eq!(log.close_unused_files(), 0, "read since the last pass");
+        assert_eq!(log.close_unused_files(), 1, "unused for a whole pass");
+        assert_eq!(log.open_files(), 1);
+        assert_eq!(
+            read_all(&log).len(),
+            100,
+            "still readable, from any segment"
+        );
+        assert_eq!(log.close_unused_files(), 0);
+        assert_eq!(log.close_unused_files(), segments - 1);
     }
 
     #[test]

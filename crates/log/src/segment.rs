@@ -11,7 +11,8 @@ use std::io::{self, BufReader, Read, Write};
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
@@ -46,6 +47,63 @@ fn time_index_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{}.timeindex", stem(base)))
 }
 
+/// A segment's `.log` file, opened when first needed. A closed segment's
+/// file is closed again when a periodic pass finds it unused since the
+/// previous pass, so a broker with thousands of partitions holds a
+/// descriptor for each active segment and for the history being read, not
+/// for all history.
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    path: PathBuf,
+    open: Mutex<Option<Arc<File>>>,
+    used: AtomicBool,
+}
+
+impl SegmentFile {
+    fn opened(path: PathBuf, file: File) -> Self {
+        Self {
+            path,
+            open: Mutex::new(Some(Arc::new(file))),
+            used: AtomicBool::new(true),
+        }
+    }
+
+    /// The open file, opening it if need be.
+    pub(crate) fn get(&self) -> io::Result<Arc<File>> {
+        self.used.store(true, Ordering::Relaxed);
+        let mut open = self.open.lock().expect("segment file lock");
+        if let Some(f) = open.as_ref() {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        *open = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Closes the file if it was not used since the last call (readers
+    /// holding it keep it open until they are done). Returns whether it did.
+    pub(crate) fn close_if_unused(&self) -> bool {
+        if self.used.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        self.release()
+    }
+
+    /// Closes the file now. Returns whether it was open.
+    pub(crate) fn release(&self) -> bool {
+        self.open
+            .lock()
+            .expect("segment file lock")
+            .take()
+            .is_some()
+    }
+
+    /// Whether the file is open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.lock().expect("segment file lock").is_some()
+    }
+}
+
 /// What a scan of a segment file found.
 #[derive(Debug)]
 pub(crate) struct Scan {
@@ -64,7 +122,7 @@ pub(crate) struct Scan {
 pub(crate) struct Segment {
     pub(crate) dir: PathBuf,
     pub(crate) base: i64,
-    pub(crate) file: Arc<File>,
+    pub(crate) file: SegmentFile,
     /// Bytes of whole batches written.
     pub(crate) size: u64,
     pub(crate) next_offset: i64,
@@ -93,7 +151,7 @@ impl Segment {
         Ok(Self {
             dir: dir.to_path_buf(),
             base,
-            file: Arc::new(file),
+            file: SegmentFile::opened(path, file),
             size: 0,
             next_offset: base,
             max_timestamp: -1,
@@ -122,7 +180,7 @@ impl Segment {
             if let Some(seg) = Self::open_from_indexes(dir, base, &file, file_size, index_interval)?
             {
                 return Ok(Self {
-                    file: Arc::new(file),
+                    file: SegmentFile::opened(path, file),
                     created_ms: now_ms,
                     ..seg
                 });
@@ -145,7 +203,7 @@ impl Segment {
         let seg = Self {
             dir: dir.to_path_buf(),
             base,
-            file: Arc::new(file),
+            file: SegmentFile::opened(path, file),
             size: scan.valid_len,
             next_offset: scan.next_offset,
             max_timestamp: scan.max_timestamp,
@@ -208,7 +266,7 @@ impl Segment {
         Ok(Some(Self {
             dir: dir.to_path_buf(),
             base,
-            file: Arc::new(file.try_clone()?),
+            file: SegmentFile::opened(log_path(dir, base), file.try_clone()?),
             size: file_size,
             next_offset: last.next_offset(),
             max_timestamp,
@@ -222,9 +280,10 @@ impl Segment {
 
     /// Appends already validated and offset-assigned batches.
     pub(crate) fn append(&mut self, bytes: &[u8], headers: &[(usize, BatchHeader)]) -> Result<()> {
-        if let Err(e) = self.file.write_all_at(bytes, self.size) {
+        let file = self.file.get()?;
+        if let Err(e) = file.write_all_at(bytes, self.size) {
             // Leave no partial batch behind: the next append must start clean.
-            let _ = self.file.set_len(self.size);
+            let _ = file.set_len(self.size);
             return Err(e.into());
         }
         for &(at, h) in headers {
@@ -251,7 +310,7 @@ impl Segment {
             let last = self.index.lookup(i64::MAX).offset;
             self.time_index.push(self.max_timestamp, last);
         }
-        self.file.sync_all()?;
+        self.file.get()?.sync_all()?;
         write_synced(&index_path(&self.dir, self.base), &self.index.encode())?;
         write_synced(
             &time_index_path(&self.dir, self.base),
