@@ -126,6 +126,7 @@ def restart(broker, kill):
         broker.proc.wait()
     else:
         broker.stop()
+        broker.stopped_in = broker.stop_seconds
     broker.http = None
     broker.start(timeout=900)
     return broker.ready_in
@@ -150,6 +151,7 @@ def main(argv):
         res["empty"] = measure(empty, "empty")
         res["empty"]["p99"] = paced_p99(empty.bootstrap, empty.bootstrap, args.paced_seconds)
         res["empty"]["restart_s"] = restart(empty, kill=False)
+        res["empty"]["stop_s"] = empty.stopped_in
     finally:
         empty.stop()
         empty.cleanup(False)
@@ -167,6 +169,7 @@ def main(argv):
         res["full"] = measure(b, "full")
         res["full"]["p99"] = paced_p99(b.bootstrap, b.bootstrap, args.paced_seconds)
         res["full"]["restart_s"] = restart(b, kill=False)
+        res["full"]["stop_s"] = b.stopped_in
         res["after_restart"] = measure(b, "after restart")
         res["full"]["recovery_s"] = restart(b, kill=True)
     finally:
@@ -202,6 +205,7 @@ def render(r, args, started):
         f"| CPU while idle (cores) | {f['idle_cpu']:.3f} | {e['idle_cpu']:.3f} | |",
         f"| Metadata of every topic (median of 5) | {f['metadata_s'] * 1000:.1f} ms "
         f"({f['metadata_partitions']:,} partitions) | {e['metadata_s'] * 1000:.1f} ms | |",
+        f"| stop (SIGTERM to exit, every log closed) | {f['stop_s']:.2f} s | {e['stop_s']:.2f} s | |",
         f"| restart (SIGTERM, start to `/readyz` 200) | {f['restart_s']:.2f} s | {e['restart_s']:.2f} s | |",
         f"| recovery (kill -9, start to `/readyz` 200) | {f['recovery_s']:.2f} s | | |",
         f"| produce p99 at 2,000 msgs/s (1 KiB, acks=all), 6 partitions, the rest idle | "
