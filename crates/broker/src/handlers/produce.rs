@@ -130,17 +130,14 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
         || queued
             .iter()
             .any(|(_, _, q)| q.as_ref().is_ok_and(|(p, _, _)| p.flush_every_batch()));
-    let names: Vec<String> = req
-        .topic_data
-        .iter()
-        .map(|t| t.name.0.to_string())
-        .collect();
+    // For the log only: shares the request's bytes rather than copying them.
+    let names: Vec<TopicName> = req.topic_data.iter().map(|t| t.name.clone()).collect();
     let appended = async move {
         let slots = collect_appends(queued).await;
         for s in &slots {
             if let Err(e) = &s.outcome {
                 warn!(
-                    topic = %names[s.topic],
+                    topic = %names[s.topic].0,
                     partition = s.index,
                     error = e.code().to_string(),
                     message = %e.message,
