@@ -369,11 +369,14 @@ def test_remote_retention_deletes_expired_segments_and_topic_deletion_empties_th
         m = partition_manifests(s3, bucket, w.topic).get(0)
         if not m or m["log_start_offset"] == 0 or not m["segments"]:
             return None
-        # Like Kafka, a segment goes only while the rest still holds
-        # retention.bytes: what stays is less than that plus one segment.
+        # Like Kafka, a segment goes only while the rest of the partition
+        # (the other remote segments and the active one on disk) still
+        # holds retention.bytes.
         sizes = [s["size_bytes"] for s in m["segments"]]
-        active = max(int(f.stem) for f in local_dir.glob("*.log"))
-        return m if m["segments"][-1]["next_offset"] == active and sum(sizes) - sizes[0] < retention else None
+        active = max(local_dir.glob("*.log"), key=lambda f: int(f.stem))
+        total = sum(sizes) + active.stat().st_size
+        uploaded = m["segments"][-1]["next_offset"] == int(active.stem)
+        return m if uploaded and total - sizes[0] < retention else None
     m = wait_until("remote retention to catch up with the uploads", settled, 60)
     logs = sorted(k for k in s3.keys(bucket, f"{PREFIX}/topics/{w.topic}-") if k.endswith(".log"))
     bases = [int(k.rsplit("/", 1)[1].split("-")[0]) for k in logs]
