@@ -424,3 +424,28 @@ def test_rolling_restarts_under_load_lose_nothing(cluster_factory):
             t.stop()
     verify(h, c, "rolled", partitions=6, minimum=2000)
     assert {s.status for s in h.sends.values()} == {"ok"}, summary(h, check(h))
+
+
+def test_deleted_records_stay_deleted_after_the_leader_dies(cluster_factory):
+    """DeleteRecords on the leader reaches the followers with their fetches,
+    so the next leader starts where the deleted records end."""
+    from e2e_support import consume_confluent, watermarks
+    from tier_support import Workload
+
+    c = cluster_factory()
+    w = Workload("trimmed", partitions=1, per_partition=500, size=100)
+    create(c, w.topic, partitions=1)
+    w.produce(c.bootstrap)
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
+    futures = admin.delete_records([TopicPartition(w.topic, 0, 200)])
+    assert [f.result(30).low_watermark for f in futures.values()] == [200]
+    leader = c.partitions(w.topic)[0]["leader"]
+    for i, b in enumerate(c.brokers):
+        checkpoint = b.data_dir / "logs" / f"{w.topic}-0" / "log-start-offset"
+        wait_until(lambda: checkpoint.exists() and checkpoint.read_text().strip() == "200", 30,
+                   f"broker {i} to move its log start to 200")
+    c.brokers[leader].kill9()
+    wait_until(lambda: c.partitions(w.topic)[0]["leader"] not in (-1, leader), 30, "a new leader")
+    assert watermarks(c.bootstrap, w.topic, 1)[0] == (200, 500)
+    w.verify(consume_confluent(c.bootstrap, w.topic, 1), start={0: 200})
+    c.brokers[leader].start()

@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/topics/{name}", get(describe_topic).delete(delete_topic))
         .route("/topics/{name}/configs", patch(alter_configs))
         .route("/topics/{name}/partitions", post(add_partitions))
+        .route("/delete-records", post(delete_records))
         .route("/groups", get(list_groups))
         .route("/groups/{id}", get(describe_group).delete(delete_group))
         .route("/groups/{id}/reset-offsets", post(reset_offsets))
@@ -91,6 +92,8 @@ pub(crate) fn problem(e: ApiError) -> ApiProblem {
         R::NotCoordinator => (StatusCode::MISDIRECTED_REQUEST, "not_coordinator"),
         R::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
         R::KafkaStorageError => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+        R::OffsetOutOfRange => (StatusCode::BAD_REQUEST, "offset_out_of_range"),
+        R::NotLeaderOrFollower => (StatusCode::MISDIRECTED_REQUEST, "not_leader"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     ApiProblem::new(status, code, e.message)
@@ -349,6 +352,49 @@ async fn add_partitions(
         .await
         .map_err(problem)?;
     Ok(Json(topic_json(b, &name)?))
+}
+
+/// `kafka-delete-records --offset-json-file`'s shape.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRecords {
+    partitions: Vec<DeleteRecordsPartition>,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted as kafka-delete-records writes it
+    version: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRecordsPartition {
+    topic: String,
+    partition: i32,
+    /// Records below it are deleted; -1: everything below the high watermark.
+    offset: i64,
+}
+
+/// Each partition's new low watermark, or why it did not move. A partition
+/// this broker does not lead answers `not_leader`: send it to its leader.
+async fn delete_records(
+    State(state): State<Arc<AdminState>>,
+    Body(req): Body<DeleteRecords>,
+) -> ApiResult<Json<Value>> {
+    let b = state.broker()?;
+    let mut out = Vec::with_capacity(req.partitions.len());
+    for p in req.partitions {
+        out.push(
+            match b.delete_records(&p.topic, p.partition, p.offset).await {
+                Ok(low) => {
+                    json!({"topic": p.topic, "partition": p.partition, "low_watermark": low})
+                }
+                Err(e) => {
+                    let pr = problem(e);
+                    json!({"topic": p.topic, "partition": p.partition, "error": pr.body()})
+                }
+            },
+        );
+    }
+    Ok(Json(json!({ "partitions": out })))
 }
 
 // ------------------------------------------------------------------ groups

@@ -94,15 +94,16 @@ impl ApiProblem {
             message: message.into(),
         }
     }
+
+    /// The `{"code", "message"}` object.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        json!({"code": self.code, "message": self.message})
+    }
 }
 
 impl IntoResponse for ApiProblem {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        (self.status, Json(json!({"error": self.body()}))).into_response()
     }
 }
 

@@ -320,6 +320,22 @@ impl Broker {
         })
     }
 
+    /// DeleteRecords for one partition this broker leads: moves its log
+    /// start offset to `offset` (-1: the high watermark) and returns the new
+    /// low watermark.
+    pub async fn delete_records(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, ApiError> {
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| ApiError::unknown_topic(topic))?;
+        let p = crate::handlers::leader_partition(&t, partition, -1)?;
+        p.delete_records(offset).await
+    }
+
     /// Moves a group's committed offsets, for `topic` (every partition) or
     /// for every partition it has committed, to `spec`. Refused while the
     /// group has members: they would overwrite the new offsets.

@@ -332,6 +332,12 @@ fn apply(pos: &Position, leader: i32, pd: &PartitionData) -> anyhow::Result<Appl
                     appended = log.append_replica(records, now)?.is_some();
                 }
                 log.set_high_watermark(pd.high_watermark);
+                // The leader's log start moved (DeleteRecords or retention):
+                // so does this replica's, as in Kafka.
+                if pd.log_start_offset > log.log_start_offset() {
+                    let start = pd.log_start_offset.min(log.log_end_offset());
+                    log.delete_records_before(start, None, now)?;
+                }
                 Ok(if appended {
                     Applied::Progress
                 } else {

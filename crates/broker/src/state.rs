@@ -383,8 +383,11 @@ impl Partition {
         let remote = self.remote_range();
         self.with_log(|l| {
             let local_start = l.log_start_offset();
+            let held = remote.map_or(local_start, |(s, _)| s.min(local_start));
             PartitionOffsets {
-                log_start: remote.map_or(local_start, |(s, _)| s.min(local_start)),
+                // DeleteRecords' floor holds even where the object tier has
+                // not recorded it yet.
+                log_start: held.max(l.start_floor()),
                 local_start,
                 log_end: l.log_end_offset(),
                 high_watermark: l.high_watermark(),
@@ -414,8 +417,7 @@ impl Partition {
     /// The object tier's `[start, end)` for this partition, if it holds anything.
     pub fn remote_range(&self) -> Option<(i64, i64)> {
         let rp = self.tier.loaded_partition(self.topic_id, self.index)?;
-        let m = rp.manifest();
-        (!m.is_empty()).then(|| (m.log_start_offset, m.next_offset()))
+        rp.manifest().readable_range()
     }
 
     /// Whether an append of `incoming` bytes should first wait for the
@@ -528,25 +530,18 @@ impl Partition {
     /// object tier holds. Blocking.
     pub fn apply_retention(&self, now: i64) -> Result<Vec<i64>, strata_log::Error> {
         let policy = self.policy();
+        let delete_below = self.local_deletion_bound(&policy);
         let limits = if policy.remote {
-            let uploaded = self.uploaded_until().unwrap_or(i64::MIN);
             strata_log::RetentionLimits {
                 retention_ms: policy.local_retention_ms,
                 retention_bytes: policy.local_retention_bytes,
-                delete_below: Some(uploaded),
+                delete_below,
             }
         } else {
-            // A lake-enabled topic without remote storage: keep what the
-            // lake has not turned into Parquet yet.
-            let lake_floor = self.lake_format().map(|_| {
-                self.lake
-                    .committed(self.topic_id, self.index)
-                    .unwrap_or(i64::MIN)
-            });
             strata_log::RetentionLimits {
                 retention_ms: policy.retention_ms,
                 retention_bytes: policy.retention_bytes,
-                delete_below: lake_floor,
+                delete_below,
             }
         };
         let (rolled, deleted) = self.with_log(|l| {
@@ -564,6 +559,73 @@ impl Partition {
             self.tier.wake_offloader();
         }
         Ok(deleted)
+    }
+
+    /// The offset local segments may be deleted up to: with remote storage,
+    /// what the object tier holds; for a lake-enabled topic without it, what
+    /// the lake has turned into Parquet; otherwise anything.
+    fn local_deletion_bound(&self, policy: &StoragePolicy) -> Option<i64> {
+        if policy.remote {
+            Some(self.uploaded_until().unwrap_or(i64::MIN))
+        } else {
+            self.lake_format().map(|_| {
+                self.lake
+                    .committed(self.topic_id, self.index)
+                    .unwrap_or(i64::MIN)
+            })
+        }
+    }
+
+    /// DeleteRecords on the leader: moves the log start offset to `offset`
+    /// (-1: the high watermark), locally and in the object tier, and returns
+    /// the new log start offset (the low watermark). Followers follow from
+    /// the log start offset in their fetch responses.
+    pub async fn delete_records(self: &Arc<Self>, offset: i64) -> Result<i64, ApiError> {
+        self.ensure_remote_loaded().await;
+        let offsets = self.offsets();
+        let offset = if offset == -1 {
+            offsets.high_watermark
+        } else {
+            offset
+        };
+        if offset < 0 || offset > offsets.high_watermark {
+            return Err(ApiError::new(
+                ResponseError::OffsetOutOfRange,
+                format!(
+                    "cannot delete records before offset {offset}: {}-{} holds [{}, {}) (high watermark {})",
+                    self.topic, self.index, offsets.log_start, offsets.log_end, offsets.high_watermark
+                ),
+            ));
+        }
+        if offset <= offsets.log_start {
+            return Ok(offsets.log_start);
+        }
+        let policy = self.policy();
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let bound = me.local_deletion_bound(&policy);
+            me.with_log(|l| {
+                let size = l.size_bytes();
+                l.delete_records_before(offset, bound, now_ms())?;
+                me.track_size(size, l.size_bytes());
+                Ok::<_, strata_log::Error>(())
+            })
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        if policy.remote {
+            self.tier
+                .delete_records(&**self, offset)
+                .await
+                .map_err(|e| {
+                    warn!(topic = %self.topic, partition = self.index, error = %e, "DeleteRecords in the object tier failed");
+                    ApiError::new(
+                        ResponseError::KafkaStorageError,
+                        format!("records were deleted locally but the object tier did not record it: {e}; retry"),
+                    )
+                })?;
+        }
+        Ok(self.offsets().log_start)
     }
 
     /// Rolls the active segment when it is older than `segment.ms` and not

@@ -16,9 +16,12 @@
 //!   call it (the flush policy) and, under the every-batch policy, readers only
 //!   see synced data (the high watermark is the flushed offset).
 //!
-//! # Retention
+//! # Retention and DeleteRecords
 //! Whole closed segments are deleted, oldest first; the active segment never is.
-//! The log start offset is the base of the oldest remaining segment.
+//! The log start offset is the base of the oldest remaining segment, or the
+//! offset DeleteRecords advanced it to ([`Log::delete_records_before`]) when
+//! that is inside a segment. That offset is checkpointed in `log-start-offset`
+//! before anything is deleted, so a crash never brings deleted records back.
 //!
 //! # Replication
 //! A leader appends with [`Log::append`] (offsets and its leader epoch
@@ -53,6 +56,8 @@ const CLEAN_SHUTDOWN: &str = ".clean-shutdown";
 const SNAPSHOT_SUFFIX: &str = ".snapshot";
 /// The high watermark checkpoint in the partition directory.
 const HW_CHECKPOINT: &str = "high-watermark";
+/// The log start offset DeleteRecords set, in the partition directory.
+const START_CHECKPOINT: &str = "log-start-offset";
 
 /// Which timestamp a topic stores (`message.timestamp.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +235,9 @@ pub struct Log {
     hw: Option<i64>,
     /// The high watermark last written to its checkpoint.
     hw_checkpointed: Option<i64>,
+    /// Offsets below this are deleted for readers (DeleteRecords), even where
+    /// a segment still holds them; 0 when never set.
+    start_floor: i64,
 }
 
 impl Log {
@@ -316,6 +324,10 @@ impl Log {
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
             .map(|h| h.min(next));
+        let start_floor = std::fs::read_to_string(dir.join(START_CHECKPOINT))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map_or(0, |f| f.min(next));
         let mut log = Self {
             dir: dir.to_path_buf(),
             config,
@@ -325,6 +337,7 @@ impl Log {
             epochs: EpochCache::default(),
             hw,
             hw_checkpointed: hw,
+            start_floor,
         };
         log.recover_producers(snapshots)?;
         log.recover_epochs()?;
@@ -374,8 +387,20 @@ impl Log {
         self.config = config;
     }
 
-    /// First offset still held.
+    /// First offset readers may read: the oldest segment's base, or where
+    /// DeleteRecords moved it past that.
     pub fn log_start_offset(&self) -> i64 {
+        self.first_base().max(self.start_floor)
+    }
+
+    /// The offset DeleteRecords last advanced the log start to (0: never).
+    /// It may lie below the oldest segment, after retention went further.
+    pub fn start_floor(&self) -> i64 {
+        self.start_floor
+    }
+
+    /// Base offset of the oldest segment.
+    fn first_base(&self) -> i64 {
         self.segments.values().next().map_or(0, |s| s.base)
     }
 
@@ -661,6 +686,9 @@ impl Log {
         self.epochs.save(&self.dir)?;
         self.flushed_offset = offset;
         self.hw = self.hw.map(|_| offset);
+        if self.start_floor > offset {
+            self.save_start_floor(offset)?;
+        }
         info!(dir = %self.dir.display(), offset, "log emptied, continuing at offset");
         Ok(())
     }
@@ -670,6 +698,9 @@ impl Log {
         let end = self.log_end_offset();
         self.flushed_offset = self.flushed_offset.min(end);
         self.hw = self.hw.map(|h| h.min(end));
+        if self.start_floor > end {
+            self.save_start_floor(end)?;
+        }
         if self.epochs.truncate_from_end(end) {
             self.epochs.save(&self.dir)?;
         }
@@ -809,7 +840,7 @@ impl Log {
     fn recover_producers(&mut self, mut snapshots: Vec<i64>) -> Result<()> {
         let end = self.log_end_offset();
         snapshots.sort_unstable();
-        let mut from = self.log_start_offset();
+        let mut from = self.first_base();
         while let Some(offset) = snapshots.pop() {
             let path = self.snapshot_path(offset);
             if offset > end {
@@ -1075,7 +1106,8 @@ impl Log {
             let by_time = limits.retention_ms >= 0
                 && seg.max_timestamp >= 0
                 && now_ms - seg.max_timestamp > limits.retention_ms;
-            if !(by_bytes || by_time) {
+            let by_floor = seg.next_offset <= self.start_floor;
+            if !(by_bytes || by_time || by_floor) {
                 break;
             }
             total -= seg.size as i64;
@@ -1084,7 +1116,7 @@ impl Log {
             deleted.push(base);
         }
         if !deleted.is_empty() {
-            self.remove_snapshots_below(self.log_start_offset())?;
+            self.remove_snapshots_below(self.first_base())?;
             if self.epochs.truncate_from_start(self.log_start_offset()) {
                 self.epochs.save(&self.dir)?;
             }
@@ -1096,6 +1128,54 @@ impl Log {
             );
         }
         Ok(deleted)
+    }
+
+    /// DeleteRecords: makes `offset` the log start offset. Readers get
+    /// OFFSET_OUT_OF_RANGE below it from now on, and closed segments wholly
+    /// below it are deleted, except those reaching `delete_below` (with
+    /// tiered storage: not uploaded yet; they go once uploaded). The new start
+    /// is checkpointed before any file goes. `offset` may not pass the log
+    /// end; at or below the current start it changes nothing. Returns the log
+    /// start offset.
+    pub fn delete_records_before(
+        &mut self,
+        offset: i64,
+        delete_below: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64> {
+        let end = self.log_end_offset();
+        if offset < 0 || offset > end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset(),
+                end,
+            });
+        }
+        if offset <= self.log_start_offset() {
+            return Ok(self.log_start_offset());
+        }
+        self.save_start_floor(offset)?;
+        if self.epochs.truncate_from_start(offset) {
+            self.epochs.save(&self.dir)?;
+        }
+        // Only the floor deletes here: time and size are the retention pass's.
+        let limits = RetentionLimits {
+            retention_ms: -1,
+            retention_bytes: -1,
+            delete_below,
+        };
+        self.apply_retention_with(now_ms, limits)?;
+        info!(dir = %self.dir.display(), log_start_offset = offset, "records deleted below offset");
+        Ok(self.log_start_offset())
+    }
+
+    fn save_start_floor(&mut self, offset: i64) -> Result<()> {
+        segment::write_synced(
+            &self.dir.join(START_CHECKPOINT),
+            offset.to_string().as_bytes(),
+        )?;
+        self.start_floor = offset;
+        Ok(())
     }
 
     /// Closed segments (every segment but the active one), oldest first.
@@ -1451,6 +1531,81 @@ mod tests {
         log.sync().unwrap();
         assert_eq!(log.high_watermark(), 6);
         assert_eq!(batch::headers(&log.read(0, 1000, true).unwrap()).count(), 2);
+    }
+
+    #[test]
+    fn delete_records_moves_the_start_inside_a_segment_and_survives_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 2, 0); // offsets 0..6
+        produce(&mut log, 7, 0, 0).unwrap(); // 6..8, idempotent
+        append_n(&mut log, 200, 0);
+        let (end, segments) = (log.log_end_offset(), log.segment_count());
+        let cut = log.closed_segments()[3].base_offset + 4; // inside segment 3
+
+        assert_eq!(log.delete_records_before(cut, None, 0).unwrap(), cut);
+        assert_eq!(log.log_start_offset(), cut);
+        assert_eq!(
+            log.segment_count(),
+            segments - 3,
+            "segments wholly below go"
+        );
+        assert!(matches!(
+            log.read(cut - 1, 100, true),
+            Err(Error::OffsetOutOfRange { start, .. }) if start == cut
+        ));
+        let b = log.read(cut, 100, true).unwrap();
+        let h = batch::parse_header(&b).unwrap();
+        assert!(h.base_offset <= cut && cut <= h.last_offset());
+        assert_eq!(
+            log.delete_records_before(cut - 2, None, 0).unwrap(),
+            cut,
+            "never back"
+        );
+        assert!(log.delete_records_before(end + 1, None, 0).is_err());
+
+        // A crash (no close) keeps the new start.
+        drop(log);
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (cut, end));
+        // The idempotent producer whose batches went is still known: a retry
+        // is recognised and a gap in its sequence refused.
+        assert!(produce(&mut log, 7, 0, 0).unwrap().duplicate);
+        assert!(produce(&mut log, 7, 0, 5).is_err());
+        assert!(!produce(&mut log, 7, 0, 2).unwrap().duplicate);
+
+        // Up to the end: a reader finds an empty log at the end.
+        let end = log.log_end_offset();
+        log.delete_records_before(end, None, 0).unwrap();
+        log.close().unwrap();
+        let log = Log::open(dir.path(), cfg(), 0).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (end, end));
+        assert_eq!(log.segment_count(), 1);
+    }
+
+    #[test]
+    fn delete_records_keeps_segments_not_uploaded_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        append_n(&mut log, 200, 0);
+        let closed = log.closed_segments();
+        let uploaded = closed[1].next_offset;
+        let cut = closed[4].base_offset;
+        log.delete_records_before(cut, Some(uploaded), 0).unwrap();
+        assert_eq!(log.log_start_offset(), cut);
+        assert_eq!(
+            log.closed_segments()[0].base_offset,
+            uploaded,
+            "kept for upload"
+        );
+        // Once uploaded, the next retention pass removes them.
+        let limits = RetentionLimits {
+            retention_ms: -1,
+            retention_bytes: -1,
+            delete_below: Some(cut),
+        };
+        log.apply_retention_with(0, limits).unwrap();
+        assert_eq!(log.closed_segments()[0].base_offset, cut);
     }
 
     #[test]

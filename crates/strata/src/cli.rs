@@ -60,6 +60,22 @@ pub(crate) enum TopicCommand {
         #[arg(long)]
         partitions: Option<i32>,
     },
+    /// Delete the records below an offset (the log start moves there), like
+    /// kafka-delete-records.
+    DeleteRecords {
+        /// kafka-delete-records' file: {"partitions": [{"topic", "partition", "offset"}], "version": 1}.
+        #[arg(long, conflicts_with_all = ["topic", "partition", "offset"])]
+        offset_json_file: Option<std::path::PathBuf>,
+        /// Topic name (with --partition and --offset).
+        #[arg(long, requires_all = ["partition", "offset"])]
+        topic: Option<String>,
+        /// Partition index.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Records below this offset go; -1: everything below the high watermark.
+        #[arg(long, allow_hyphen_values = true)]
+        offset: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,6 +252,34 @@ pub(crate) fn topic(t: &Target, cmd: TopicCommand) -> Result<()> {
                     bail!("nothing to change: give --set, --delete or --partitions");
                 }
                 last
+            }
+            TopicCommand::DeleteRecords { offset_json_file, topic, partition, offset } => {
+                let body: Value = match (offset_json_file, topic, partition, offset) {
+                    (Some(f), ..) => {
+                        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))?
+                    }
+                    (None, Some(t), Some(p), Some(o)) => json!({"partitions": [{"topic": t, "partition": p, "offset": o}], "version": 1}),
+                    _ => bail!("give --offset-json-file, or --topic, --partition and --offset"),
+                };
+                let v = c.call(reqwest::Method::POST, "/delete-records", Some(body)).await?;
+                let parts = v["partitions"].as_array().cloned().unwrap_or_default();
+                if t.json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    table(
+                        &["TOPIC", "PARTITION", "LOW WATERMARK", "ERROR"],
+                        parts
+                            .iter()
+                            .map(|p| vec![s(&p["topic"]), s(&p["partition"]), s(&p["low_watermark"]), s(&p["error"]["message"])])
+                            .collect(),
+                    );
+                }
+                let failed = parts.iter().filter(|p| !p["error"].is_null()).count();
+                if failed > 0 {
+                    bail!("{failed} of {} partitions were not changed", parts.len());
+                }
+                return Ok(());
             }
         };
         if t.json {

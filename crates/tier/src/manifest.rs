@@ -14,6 +14,9 @@
 //! - chunks are older than the tail and in offset order;
 //! - `log_start_offset` is the base of the oldest segment held (or the next
 //!   offset when none is held);
+//! - readers see offsets from [`PartitionManifest::readable_start`]: the log
+//!   start, or `deleted_below` where DeleteRecords moved it further (the
+//!   objects below it stay until the lake has read them);
 //! - `generation` grows by one on every commit;
 //! - `pending_deletes` names objects no longer referenced whose deletion may
 //!   not have completed;
@@ -100,6 +103,14 @@ pub struct PartitionManifest {
     /// before epochs were recorded).
     #[serde(default)]
     pub leader_epoch: i32,
+    /// DeleteRecords: offsets below this are deleted for readers; segments
+    /// wholly below it go at the next retention pass (0: never set).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted_below: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// Where a segment is.
@@ -134,7 +145,19 @@ impl PartitionManifest {
             segments: Vec::new(),
             pending_deletes: Vec::new(),
             leader_epoch: 0,
+            deleted_below: 0,
         }
+    }
+
+    /// The first offset readers may read (see `deleted_below`).
+    pub fn readable_start(&self) -> i64 {
+        self.log_start_offset.max(self.deleted_below)
+    }
+
+    /// The readable range `[start, end)`, `None` when nothing is readable.
+    pub fn readable_range(&self) -> Option<(i64, i64)> {
+        let (start, end) = (self.readable_start(), self.next_offset());
+        (!self.is_empty() && start < end).then_some((start, end))
     }
 
     /// Whether it holds no segment.
@@ -210,7 +233,7 @@ impl PartitionManifest {
 
     /// Where the segment holding `offset` is, if the manifest holds it.
     pub fn locate(&self, offset: i64) -> Option<Location> {
-        if offset < self.log_start_offset || offset >= self.next_offset() {
+        if offset < self.readable_start() || offset >= self.next_offset() {
             return None;
         }
         if let Some(first) = self.segments.first() {
@@ -240,12 +263,14 @@ impl PartitionManifest {
 /// `total_bytes` is the partition's size counting these segments (and the
 /// local segments not in the object tier); a segment expires by size while the
 /// rest still holds at least `retention_bytes`, and by time when its newest
-/// record is older than `retention_ms`. -1 disables either.
+/// record is older than `retention_ms`. -1 disables either. Segments wholly
+/// below `deleted_below` (DeleteRecords) expire too.
 pub fn expired_prefix(
     segments: &[RemoteSegment],
     now_ms: i64,
     retention_ms: i64,
     retention_bytes: i64,
+    deleted_below: i64,
     mut total_bytes: u64,
 ) -> usize {
     let mut n = 0;
@@ -254,7 +279,8 @@ pub fn expired_prefix(
             && total_bytes.saturating_sub(s.size_bytes) >= retention_bytes as u64;
         let by_time =
             retention_ms >= 0 && s.max_timestamp >= 0 && now_ms - s.max_timestamp > retention_ms;
-        if !(by_bytes || by_time) {
+        let by_floor = s.next_offset <= deleted_below;
+        if !(by_bytes || by_time || by_floor) {
             break;
         }
         total_bytes -= s.size_bytes;
@@ -330,21 +356,39 @@ mod tests {
             .map(|i| seg(i * 10, 10, 1_000 + i * 1_000))
             .collect();
         // Each segment is 100 bytes; 1000 in all plus 50 local.
-        assert_eq!(expired_prefix(&segs, 0, -1, -1, 1050), 0);
+        assert_eq!(expired_prefix(&segs, 0, -1, -1, 0, 1050), 0);
         assert_eq!(
-            expired_prefix(&segs, 0, -1, 500, 1050),
+            expired_prefix(&segs, 0, -1, 500, 0, 1050),
             5,
             "keep >= 500 bytes"
         );
         assert_eq!(
-            expired_prefix(&segs, 5_500, 2_000, -1, 1050),
+            expired_prefix(&segs, 5_500, 2_000, -1, 0, 1050),
             3,
             "newest record older than 2 s"
         );
-        assert_eq!(expired_prefix(&segs, 5_500, 2_000, 100, 1050), 9);
+        assert_eq!(expired_prefix(&segs, 5_500, 2_000, 100, 0, 1050), 9);
         let mut odd = segs.clone();
         odd[1].max_timestamp = 1_000_000; // a young segment blocks the ones behind it
-        assert_eq!(expired_prefix(&odd, 5_500, 2_000, -1, 1050), 1);
+        assert_eq!(expired_prefix(&odd, 5_500, 2_000, -1, 0, 1050), 1);
+        // DeleteRecords at 45: segments ending at or below it go whatever else.
+        assert_eq!(expired_prefix(&segs, 0, -1, -1, 45, 1050), 4);
+        assert_eq!(expired_prefix(&segs, 0, -1, -1, 40, 1050), 4);
+    }
+
+    #[test]
+    fn deleted_below_limits_what_readers_see_but_not_the_segments() {
+        let mut m = PartitionManifest::new("t", Uuid::nil(), 0);
+        for i in 0..3 {
+            m.append(seg(i * 10, 10, 0), |_, _| unreachable!()).unwrap();
+        }
+        m.deleted_below = 15;
+        assert_eq!((m.log_start_offset, m.readable_start()), (0, 15));
+        assert_eq!(m.readable_range(), Some((15, 30)));
+        assert_eq!(m.locate(14), None);
+        assert_eq!(m.locate(15), Some(Location::Tail(1)));
+        m.deleted_below = 30;
+        assert_eq!(m.readable_range(), None, "nothing readable remotely");
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Tier {
             let m = rp.manifest();
             return Err(Error::OffsetNotRemote {
                 offset,
-                start: m.log_start_offset,
+                start: m.readable_start(),
                 end: m.next_offset(),
             });
         };

@@ -222,8 +222,7 @@ impl RemotePartition {
 
     /// First offset held remotely, `None` when nothing is.
     pub fn log_start_offset(&self) -> Option<i64> {
-        let m = self.manifest();
-        (!m.is_empty()).then_some(m.log_start_offset)
+        self.manifest().readable_range().map(|(start, _)| start)
     }
 
     fn set_manifest(&self, m: PartitionManifest) {
@@ -263,7 +262,7 @@ impl RemotePartition {
     pub fn status(&self) -> RemoteStatus {
         let m = self.manifest();
         RemoteStatus {
-            log_start_offset: m.log_start_offset,
+            log_start_offset: m.readable_start(),
             next_offset: m.next_offset(),
             size_bytes: m.size_bytes(),
             segments: m.segment_count(),
@@ -651,7 +650,7 @@ impl Tier {
                 chunk
                     .segments
                     .iter()
-                    .find(|s| s.max_timestamp >= ts && s.next_offset > m.log_start_offset)
+                    .find(|s| s.max_timestamp >= ts && s.next_offset > m.readable_start())
                     .cloned()
             }
         })
@@ -745,7 +744,9 @@ impl Tier {
             let next = m.next_offset();
             // A manifest never written takes the first local segment as its
             // start; afterwards uploads continue exactly where it ends.
-            let fresh = m.generation == 0 && m.is_empty();
+            // (A DeleteRecords on a tier holding nothing yet commits only
+            // `deleted_below`, leaving the start at 0.)
+            let fresh = m.is_empty() && (m.generation == 0 || m.log_start_offset == 0);
             if !fresh && seg.next_offset <= next {
                 continue;
             }
@@ -892,11 +893,15 @@ impl Tier {
     /// manifest, then deletes their objects. Returns how many segments.
     pub async fn expire(&self, local: &dyn LocalPartition, now: i64) -> Result<usize> {
         let policy = local.retention();
-        if policy.retention_ms < 0 && policy.retention_bytes < 0 {
-            return Ok(0);
-        }
         let id = local.id();
         let rp = self.partition(&id).await?;
+        let m = rp.manifest();
+        if policy.retention_ms < 0
+            && policy.retention_bytes < 0
+            && m.deleted_below <= m.log_start_offset
+        {
+            return Ok(0);
+        }
         self.claim(&rp, local.leader_epoch()).await?;
         self.finish_deletes(&rp).await?;
         if rp.manifest().is_empty() {
@@ -909,6 +914,7 @@ impl Tier {
         let mut removed: Vec<String> = Vec::new();
         let mut expired = 0usize;
         let generation = m.generation + 1;
+        let deleted_below = m.deleted_below;
         let mut new_chunk: Option<manifest::Seal> = None;
         loop {
             if let Some(c) = m.chunks.first().cloned() {
@@ -918,6 +924,7 @@ impl Tier {
                     now,
                     policy.retention_ms,
                     policy.retention_bytes,
+                    deleted_below,
                     total,
                 )
                 .min(keepable(&chunk.segments, policy.keep_from));
@@ -968,6 +975,7 @@ impl Tier {
                     now,
                     policy.retention_ms,
                     policy.retention_bytes,
+                    deleted_below,
                     total,
                 )
                 .min(keepable(&m.segments, policy.keep_from));
@@ -1011,6 +1019,39 @@ impl Tier {
             "remote retention deleted segments"
         );
         Ok(expired)
+    }
+
+    /// DeleteRecords in the object tier: readers see nothing below `offset`
+    /// from this commit on, and segments wholly below it are removed now
+    /// (those the lake has not read yet at a later retention pass). A lower
+    /// offset than already recorded changes nothing.
+    pub async fn delete_records(&self, local: &dyn LocalPartition, offset: i64) -> Result<()> {
+        let id = local.id();
+        let rp = self.partition(&id).await?;
+        if offset <= rp.manifest().deleted_below {
+            return Ok(());
+        }
+        self.claim(&rp, local.leader_epoch()).await?;
+        {
+            let mut version = rp.writer.lock().await;
+            let mut m = (*rp.manifest()).clone();
+            if offset <= m.deleted_below {
+                return Ok(());
+            }
+            m.deleted_below = offset;
+            m.generation += 1;
+            self.commit(&rp, &mut version, m, |mut theirs| {
+                Ok((theirs.deleted_below < offset).then(|| {
+                    theirs.deleted_below = offset;
+                    theirs.generation += 1;
+                    theirs
+                }))
+            })
+            .await?;
+        }
+        info!(topic = %id.topic, partition = id.partition, offset, "records deleted in the object tier");
+        self.expire(local, now_ms()).await?;
+        Ok(())
     }
 
     /// Deletes every object of a topic incarnation.

@@ -115,34 +115,54 @@ pub(crate) async fn lookup_offset(
             ResponseError::InvalidRequest,
             format!("unknown special timestamp {ts}"),
         )),
-        ts => {
-            // The object tier holds the older history: look there first.
-            if offsets
-                .remote
-                .is_some_and(|(start, _)| start < offsets.local_start)
-            {
-                let b = broker
-                    .tier()
-                    .batch_for_timestamp(&p.remote_id(), ts)
-                    .await
-                    .map_err(|e| cold_error(p, e))?;
-                if let Some(b) = b {
-                    let base = batch::parse_header(&b)
-                        .map(|h| h.base_offset)
-                        .unwrap_or(i64::MAX);
-                    if base < offsets.local_start {
-                        if let Some(found) = first_record_at_or_after(&b, ts) {
-                            return Ok(found);
-                        }
-                    }
+        ts => Ok(at_or_after_start(
+            lookup_timestamp(broker, p, &offsets, ts).await?,
+            offsets.log_start,
+        )),
+    }
+}
+
+/// A timestamp lookup's answer, never below the log start offset: a batch
+/// may straddle the offset DeleteRecords moved the start to (Kafka searches
+/// from the log start offset too).
+fn at_or_after_start(found: (i64, i64), log_start: i64) -> (i64, i64) {
+    match found {
+        (offset, ts) if offset >= 0 && offset < log_start => (log_start, ts),
+        other => other,
+    }
+}
+
+async fn lookup_timestamp(
+    broker: &Arc<Broker>,
+    p: &Arc<Partition>,
+    offsets: &crate::state::PartitionOffsets,
+    ts: i64,
+) -> Result<(i64, i64), ApiError> {
+    // The object tier holds the older history: look there first.
+    if offsets
+        .remote
+        .is_some_and(|(start, _)| start < offsets.local_start)
+    {
+        let b = broker
+            .tier()
+            .batch_for_timestamp(&p.remote_id(), ts)
+            .await
+            .map_err(|e| cold_error(p, e))?;
+        if let Some(b) = b {
+            let base = batch::parse_header(&b)
+                .map(|h| h.base_offset)
+                .unwrap_or(i64::MAX);
+            if base < offsets.local_start {
+                if let Some(found) = first_record_at_or_after(&b, ts) {
+                    return Ok(found);
                 }
             }
-            let batch = on_log(p, move |l| l.find_batch_by_timestamp(ts)).await?;
-            Ok(batch
-                .and_then(|b| first_record_at_or_after(&b, ts))
-                .unwrap_or((-1, -1)))
         }
     }
+    let batch = on_log(p, move |l| l.find_batch_by_timestamp(ts)).await?;
+    Ok(batch
+        .and_then(|b| first_record_at_or_after(&b, ts))
+        .unwrap_or((-1, -1)))
 }
 
 pub(super) async fn list_offsets(

@@ -8,8 +8,8 @@
 //! so a pipelining client's produces overlap and share fsyncs.
 //!
 //! One module per API family: `metadata` (Metadata, DescribeCluster),
-//! `produce`, `fetch`, `list_offsets`, `topics` (CreateTopics, DeleteTopics,
-//! CreatePartitions), `configs` (Describe/Alter/IncrementalAlterConfigs),
+//! `produce`, `fetch`, `list_offsets`, `records` (DeleteRecords), `topics`
+//! (CreateTopics, DeleteTopics, CreatePartitions), `configs` (Describe/Alter/IncrementalAlterConfigs),
 //! `reassign` (Alter/ListPartitionReassignments) and `groups` (the group
 //! coordinator's APIs and InitProducerId).
 
@@ -36,6 +36,7 @@ pub(crate) mod list_offsets;
 mod metadata;
 mod produce;
 mod reassign;
+mod records;
 mod topics;
 
 pub(crate) use list_offsets::lookup_offset;
@@ -100,6 +101,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
     (ApiKey::OffsetForLeaderEpoch, None),
     (ApiKey::AlterPartitionReassignments, None),
     (ApiKey::ListPartitionReassignments, None),
+    (ApiKey::DeleteRecords, None),
 ];
 
 /// Versions of `key` Strata answers, or `None` if it does not serve the API.
@@ -220,6 +222,12 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
             let b = broker.clone();
             Reply::Later(Box::pin(async move {
                 ResponseKind::ListOffsets(list_offsets::list_offsets(&b, r, version).await)
+            }))
+        }
+        R::DeleteRecords(r) => {
+            let b = broker.clone();
+            Reply::Later(Box::pin(async move {
+                ResponseKind::DeleteRecords(records::delete_records(&b, r).await)
             }))
         }
         R::CreateTopics(r) => Reply::Now(ResponseKind::CreateTopics(
