@@ -79,6 +79,9 @@ pub struct LogDefaults {
     pub max_message_bytes: usize,
     /// `message.timestamp.type`: `CreateTime` or `LogAppendTime`.
     pub message_timestamp_type: String,
+    /// `compression.type`: `producer`, `uncompressed`, `gzip`, `snappy`,
+    /// `lz4` or `zstd`.
+    pub compression_type: String,
     /// `index.interval.bytes`.
     pub index_interval_bytes: u64,
     /// When to fsync.
@@ -138,6 +141,7 @@ impl Default for LogDefaults {
             retention_bytes: log.retention_bytes,
             max_message_bytes: log.max_message_bytes,
             message_timestamp_type: "CreateTime".into(),
+            compression_type: "producer".into(),
             index_interval_bytes: log.index_interval_bytes,
             flush: FlushPolicy::Auto,
             flush_interval_ms: 1000,

@@ -19,6 +19,7 @@ mod isr;
 pub mod lake_host;
 mod offsets_log;
 pub mod peer;
+mod recompress;
 mod replicas;
 pub mod replication;
 pub mod server;

@@ -497,6 +497,22 @@ impl Partition {
     /// NOT_LEADER_OR_FOLLOWER if leadership moved on meanwhile. Blocking
     /// (file I/O).
     pub fn append(&self, records: &mut [u8], leader_epoch: i32) -> Result<AppendInfo, ApiError> {
+        // compression.type: batches in another codec are recompressed first.
+        let mut converted;
+        let records = match self.policy().compression {
+            crate::topic_config::TopicCompression::Codec(codec) => {
+                match crate::recompress::to_codec(records, codec)
+                    .map_err(|e| ApiError::new(ResponseError::CorruptMessage, e))?
+                {
+                    Some(bytes) => {
+                        converted = bytes;
+                        &mut converted[..]
+                    }
+                    None => records,
+                }
+            }
+            crate::topic_config::TopicCompression::Producer => records,
+        };
         let (info, rolled) = self.with_log(|l| {
             let state = self.replica.read().expect("replica lock");
             if !self.leads(&state) || state.leader_epoch != leader_epoch {

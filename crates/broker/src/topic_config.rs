@@ -24,7 +24,7 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
     },
     ConfigKey {
         name: "compression.type",
-        doc: "producer: batches are stored as the producer compressed them",
+        doc: "producer (batches are stored as the producer compressed them), uncompressed, gzip, snappy, lz4 or zstd (batches in another codec are recompressed on append)",
     },
     ConfigKey {
         name: "index.interval.bytes",
@@ -140,6 +140,38 @@ pub struct StoragePolicy {
     pub local_retention_ms: i64,
     /// `local.retention.bytes`: the hot window by size.
     pub local_retention_bytes: i64,
+    /// `compression.type`.
+    pub compression: TopicCompression,
+}
+
+/// `compression.type`: how the log stores batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicCompression {
+    /// As the producer compressed them.
+    Producer,
+    /// In this codec (a `strata_wire::codec` id): batches in another are
+    /// recompressed on append, as Kafka does.
+    Codec(i16),
+}
+
+impl TopicCompression {
+    /// Parses Kafka's names.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        use strata_wire::codec;
+        Ok(match value {
+            "producer" => Self::Producer,
+            "uncompressed" => Self::Codec(codec::NONE),
+            "gzip" => Self::Codec(codec::GZIP),
+            "snappy" => Self::Codec(codec::SNAPPY),
+            "lz4" => Self::Codec(codec::LZ4),
+            "zstd" => Self::Codec(codec::ZSTD),
+            other => {
+                return Err(format!(
+                    "compression.type: '{other}' is not one of producer, uncompressed, gzip, snappy, lz4, zstd"
+                ))
+            }
+        })
+    }
 }
 
 /// Validates one key and value.
@@ -151,12 +183,7 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
                 "cleanup.policy: '{value}' is not supported; only 'delete' is"
             )),
         },
-        "compression.type" => match value {
-            "producer" => Ok(()),
-            _ => Err(format!(
-                "compression.type: '{value}' is not supported; batches are stored as produced ('producer')"
-            )),
-        },
+        "compression.type" => TopicCompression::parse(value).map(drop),
         "index.interval.bytes" => parse_i64(name, value, 0).map(drop),
         "min.insync.replicas" => parse_i64(name, value, 1).and_then(|v| {
             if v > i32::MAX as i64 {
@@ -180,7 +207,9 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
         }
         "lake.value.format" => match value {
             "bytes" | "json" | "avro" => Ok(()),
-            other => Err(format!("lake.value.format: '{other}' is not bytes, json or avro")),
+            other => Err(format!(
+                "lake.value.format: '{other}' is not bytes, json or avro"
+            )),
         },
         "lake.value.schema" | "lake.value.schema.file" => Ok(()),
         "segment.bytes" => parse_i64(name, value, 14).and_then(|v| {
@@ -215,7 +244,7 @@ impl TopicConfig {
         }
         let d = match name {
             "cleanup.policy" => "delete".to_string(),
-            "compression.type" => "producer".to_string(),
+            "compression.type" => defaults.compression_type.clone(),
             "index.interval.bytes" => defaults.index_interval_bytes.to_string(),
             "max.message.bytes" => defaults.max_message_bytes.to_string(),
             "min.insync.replicas" => defaults.min_insync_replicas.to_string(),
@@ -256,6 +285,7 @@ impl TopicConfig {
             local_retention_bytes: local("local.retention.bytes", retention_bytes)?,
             retention_ms,
             retention_bytes,
+            compression: TopicCompression::parse(&get("compression.type"))?,
         })
     }
 
@@ -337,13 +367,45 @@ mod tests {
             ("segment.bytes", "10"),
             ("cleanup.policy", "compact"),
             ("message.timestamp.type", "Now"),
-            ("compression.type", "gzip"),
+            ("compression.type", "brotli"),
             ("remote.storage.enable", "yes"),
             ("local.retention.ms", "-3"),
             ("no.such.key", "1"),
         ] {
             assert!(validate_entry(k, v).is_err(), "{k}={v}");
         }
+    }
+
+    #[test]
+    fn compression_type_takes_kafkas_codecs_and_the_broker_default() {
+        let mut d = LogDefaults::default();
+        let policy = |pairs: &[(&str, &str)], d: &LogDefaults| {
+            TopicConfig::from_pairs(pairs.iter().copied())
+                .unwrap()
+                .storage_policy(d)
+                .unwrap()
+                .compression
+        };
+        assert_eq!(policy(&[], &d), TopicCompression::Producer);
+        assert_eq!(
+            policy(&[("compression.type", "zstd")], &d),
+            TopicCompression::Codec(strata_wire::codec::ZSTD)
+        );
+        assert_eq!(
+            policy(&[("compression.type", "uncompressed")], &d),
+            TopicCompression::Codec(strata_wire::codec::NONE)
+        );
+        d.compression_type = "lz4".into();
+        assert_eq!(
+            policy(&[], &d),
+            TopicCompression::Codec(strata_wire::codec::LZ4)
+        );
+        assert_eq!(
+            policy(&[("compression.type", "producer")], &d),
+            TopicCompression::Producer
+        );
+        d.compression_type = "lzma".into();
+        assert!(TopicConfig::default().settings(&d).is_err());
     }
 
     #[test]

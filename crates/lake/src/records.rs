@@ -3,7 +3,6 @@
 //! the Kafka client libraries' maps would collapse).
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::compression::Decompressor;
 use strata_log::batch::{self, HEADER_LEN};
 
 /// One record as the lake stores it.
@@ -42,20 +41,6 @@ fn take(b: &mut Bytes, len: i64) -> Result<Option<Bytes>, String> {
     Ok(Some(b.split_to(len)))
 }
 
-fn decompress(codec: i16, data: Bytes) -> Result<Bytes, String> {
-    use kafka_protocol::compression as c;
-    let mut data = data;
-    let out = match codec {
-        0 => return Ok(data),
-        1 => c::Gzip::decompress(&mut data, |b| Ok(b.copy_to_bytes(b.remaining()))),
-        2 => c::Snappy::decompress(&mut data, |b| Ok(b.copy_to_bytes(b.remaining()))),
-        3 => c::Lz4::decompress(&mut data, |b| Ok(b.copy_to_bytes(b.remaining()))),
-        4 => c::Zstd::decompress(&mut data, |b| Ok(b.copy_to_bytes(b.remaining()))),
-        other => return Err(format!("unknown compression codec {other}")),
-    };
-    out.map_err(|e| format!("cannot decompress: {e:#}"))
-}
-
 /// Every record of the whole batches in `bytes`, in offset order. Control
 /// batches are skipped. An error names the offset of the batch that does
 /// not decode.
@@ -66,7 +51,7 @@ pub fn decode(bytes: &Bytes, partition: i32) -> Result<Vec<Row>, String> {
             continue;
         }
         let body = bytes.slice(at + HEADER_LEN..at + h.size);
-        let mut records = decompress(h.compression(), body)
+        let mut records = strata_wire::codec::decompress(h.compression(), body)
             .map_err(|e| format!("batch at offset {}: {e}", h.base_offset))?;
         for _ in 0..h.records_count {
             let row = (|| -> Result<Row, String> {

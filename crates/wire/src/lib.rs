@@ -12,6 +12,8 @@
 //!   unknown key or an unsupported version is reported with the correlation id
 //!   the client sent (the caller decides whether it can answer).
 
+pub mod codec;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};

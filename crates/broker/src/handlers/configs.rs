@@ -53,6 +53,11 @@ pub(super) fn broker_configs(broker: &Broker) -> Vec<(&'static str, String, i8)>
         ),
         ("broker.id", c.node_id.to_string(), TYPE_INT),
         (
+            "compression.type",
+            c.log.compression_type.clone(),
+            TYPE_STRING,
+        ),
+        (
             "log.index.interval.bytes",
             c.log.index_interval_bytes.to_string(),
             TYPE_INT,
