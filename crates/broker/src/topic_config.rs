@@ -59,6 +59,18 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
         doc: "largest record batch accepted",
     },
     ConfigKey {
+        name: "message.downconversion.enable",
+        doc: "deprecated in Kafka 3.x and removed in 4.0: accepted and ignored (Strata never down-converts batches)",
+    },
+    ConfigKey {
+        name: "message.format.version",
+        doc: "deprecated in Kafka 3.0 and removed in 4.0: accepted and ignored (batches are always format v2)",
+    },
+    ConfigKey {
+        name: "message.timestamp.difference.max.ms",
+        doc: "deprecated in Kafka 3.6 and removed in 4.0: accepted and ignored (record timestamps are not checked against the broker's clock)",
+    },
+    ConfigKey {
         name: "message.timestamp.type",
         doc: "CreateTime or LogAppendTime",
     },
@@ -91,6 +103,25 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
         doc: "elect a replica outside the ISR when no in-sync replica is left (acknowledged records may be lost)",
     },
 ];
+
+/// Topic configs Kafka 3.x deprecated and still accepts: Strata accepts and
+/// ignores them too (DescribeConfigs says so), so tools that set them work.
+pub const DEPRECATED_TOPIC_CONFIGS: &[&str] = &[
+    "message.downconversion.enable",
+    "message.format.version",
+    "message.timestamp.difference.max.ms",
+];
+
+/// `0.10.2`, `2.8`, `3.0-IV1`: what `message.format.version` takes.
+fn is_kafka_version(v: &str) -> bool {
+    let (version, iv) = match v.split_once("-IV") {
+        Some((version, iv)) => (version, Some(iv)),
+        None => (v, None),
+    };
+    let parts: Vec<&str> = version.split('.').collect();
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (2..=4).contains(&parts.len()) && parts.iter().all(|p| numeric(p)) && iv.is_none_or(numeric)
+}
 
 /// The overrides a topic carries; keys absent take the broker default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -185,6 +216,17 @@ pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
         },
         "compression.type" => TopicCompression::parse(value).map(drop),
         "index.interval.bytes" => parse_i64(name, value, 0).map(drop),
+        "message.downconversion.enable" => parse_bool(name, value).map(drop),
+        "message.format.version" => {
+            if is_kafka_version(value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name}: '{value}' is not a Kafka version such as 2.8 or 3.0-IV1"
+                ))
+            }
+        }
+        "message.timestamp.difference.max.ms" => parse_i64(name, value, 0).map(drop),
         "min.insync.replicas" => parse_i64(name, value, 1).and_then(|v| {
             if v > i32::MAX as i64 {
                 Err(format!("{name}: {v} is above {}", i32::MAX))
@@ -254,6 +296,10 @@ impl TopicConfig {
             "local.retention.ms" => defaults.local_retention_ms.to_string(),
             "remote.storage.enable" => defaults.remote_storage_enable.to_string(),
             "lake.enable" | "unclean.leader.election.enable" => "false".to_string(),
+            // Kafka 3.x's defaults for the deprecated configs.
+            "message.downconversion.enable" => "true".to_string(),
+            "message.format.version" => "3.0-IV1".to_string(),
+            "message.timestamp.difference.max.ms" => i64::MAX.to_string(),
             "lake.value.format" => "bytes".to_string(),
             "lake.value.schema" | "lake.value.schema.file" => String::new(),
             "retention.ms" => defaults.retention_ms.to_string(),
@@ -406,6 +452,33 @@ mod tests {
         );
         d.compression_type = "lzma".into();
         assert!(TopicConfig::default().settings(&d).is_err());
+    }
+
+    #[test]
+    fn deprecated_kafka_configs_are_accepted() {
+        for (k, v) in [
+            ("message.format.version", "0.10.2"),
+            ("message.format.version", "2.8"),
+            ("message.format.version", "3.0-IV1"),
+            ("message.timestamp.difference.max.ms", "3600000"),
+            ("message.downconversion.enable", "false"),
+        ] {
+            validate_entry(k, v).unwrap();
+        }
+        for (k, v) in [
+            ("message.format.version", "latest"),
+            ("message.format.version", "3"),
+            ("message.format.version", "3.0-IV"),
+            ("message.timestamp.difference.max.ms", "-1"),
+            ("message.downconversion.enable", "maybe"),
+        ] {
+            assert!(validate_entry(k, v).is_err(), "{k}={v}");
+        }
+        for k in DEPRECATED_TOPIC_CONFIGS {
+            assert!(TOPIC_CONFIG_KEYS
+                .iter()
+                .any(|c| c.name == *k && c.doc.contains("deprecated")));
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub(super) fn topic_config_type(name: &str) -> i8 {
     match name {
         "cleanup.policy" => TYPE_LIST,
         "compression.type"
+        | "message.format.version"
         | "message.timestamp.type"
         | "lake.value.format"
         | "lake.value.schema"
@@ -38,7 +39,10 @@ pub(super) fn topic_config_type(name: &str) -> i8 {
         "index.interval.bytes" | "max.message.bytes" | "segment.bytes" | "min.insync.replicas" => {
             TYPE_INT
         }
-        "remote.storage.enable" | "lake.enable" | "unclean.leader.election.enable" => TYPE_BOOLEAN,
+        "remote.storage.enable"
+        | "lake.enable"
+        | "unclean.leader.election.enable"
+        | "message.downconversion.enable" => TYPE_BOOLEAN,
         _ => TYPE_LONG,
     }
 }
@@ -295,6 +299,9 @@ pub(super) async fn incremental_alter_configs(
                             }
                             op => return Err(ApiError::new(ResponseError::InvalidRequest, format!("unknown config operation {op}"))),
                         }
+                    }
+                    for c in res.configs.iter().filter(|c| c.config_operation == OP_SET) {
+                        super::topics::warn_if_deprecated(c.name.as_str());
                     }
                     let configs = TopicConfig::from_pairs(map.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                         .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;

@@ -20,6 +20,16 @@ use crate::topic_config::{validate_entry, TopicConfig, TOPIC_CONFIG_KEYS};
 
 use super::{sb, topic_name};
 
+/// Kafka warns when a deprecated config is set; so does Strata.
+pub(super) fn warn_if_deprecated(name: &str) {
+    if crate::topic_config::DEPRECATED_TOPIC_CONFIGS.contains(&name) {
+        tracing::warn!(
+            config = name,
+            "deprecated topic config set: accepted and ignored, as Kafka 3.x does"
+        );
+    }
+}
+
 pub(super) fn config_pairs<'a>(
     pairs: impl IntoIterator<Item = (&'a StrBytes, Option<&'a StrBytes>)>,
 ) -> Result<TopicConfig, ApiError> {
@@ -32,6 +42,7 @@ pub(super) fn config_pairs<'a>(
             )
         })?;
         validate_entry(k, v).map_err(|e| ApiError::new(ResponseError::InvalidConfig, e))?;
+        warn_if_deprecated(k);
         map.insert(k.to_string(), v.to_string());
     }
     Ok(TopicConfig(map))
