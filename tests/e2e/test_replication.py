@@ -245,6 +245,52 @@ def test_a_group_resumes_from_its_commits_after_its_coordinator_dies(cluster_fac
     c.brokers[coordinator].start(port=c.port)
 
 
+def test_a_consumer_protocol_member_follows_its_group_to_a_new_coordinator(cluster_factory):
+    """KIP-848 in a cluster: heartbeats go to the group's coordinator; when
+    it dies the member finds the new one, joins again (membership is not
+    replicated) and consumes on from the group's commits."""
+    from confluent_kafka import KafkaException
+
+    c = cluster_factory({"groups": {"consumer_session_timeout_ms": 6000, "consumer_heartbeat_interval_ms": 500}})
+    topic, group = "grouped-848", "survivor-848"
+    create(c, topic)
+    producer = Producer({"bootstrap.servers": c.bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(3000):
+        producer.produce(topic, f"m{i}".encode(), partition=i % PARTITIONS)
+    assert producer.flush(60) == 0
+    cons = Consumer({"bootstrap.servers": c.bootstrap, "group.id": group, "group.protocol": "consumer",
+                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    cons.subscribe([topic])
+    got: list[tuple[int, int]] = []
+
+    def consume_until(n: int) -> None:
+        deadline = time.monotonic() + 90
+        while len(set(got)) < n and time.monotonic() < deadline:
+            m = cons.poll(0.5)
+            if m is None or m.error():
+                continue
+            got.append((m.partition(), m.offset()))
+            try:
+                cons.commit(message=m, asynchronous=False)
+            except KafkaException:
+                pass  # the coordinator moving; a later commit covers it
+
+    try:
+        consume_until(1500)
+        admin = AdminClient({"bootstrap.servers": c.bootstrap})
+        coordinator = admin.describe_consumer_groups([group])[group].result(30).coordinator.id
+        c.brokers[coordinator].kill9()
+        consume_until(3000)
+        assert len(set(got)) == 3000, f"only {len(set(got))} of 3000 after the coordinator died"
+        new_coordinator = admin.describe_consumer_groups([group])[group].result(30).coordinator.id
+        assert new_coordinator != coordinator
+        committed = cons.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+        assert sum(tp.offset for tp in committed) == 3000, "commits reach the new coordinator"
+    finally:
+        cons.close()
+    c.brokers[coordinator].start(port=c.port)
+
+
 def test_a_broker_is_drained_by_reassignment_while_producing(cluster_factory):
     from kafka import KafkaAdminClient
     from kafka import TopicPartition as KTP

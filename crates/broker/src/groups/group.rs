@@ -70,7 +70,7 @@ pub struct JoinResult {
 }
 
 impl JoinResult {
-    fn error(error: ResponseError, member_id: &str) -> Self {
+    pub(crate) fn error(error: ResponseError, member_id: &str) -> Self {
         Self {
             error: Some(error),
             generation: -1,

@@ -1,5 +1,6 @@
 //! The group coordinator: consumer groups under the classic protocol and
-//! their committed offsets.
+//! the KIP-848 consumer protocol ([`consumer`], glued in `modern`), and their
+//! committed offsets.
 //!
 //! Every group lives under one lock as a pure state machine ([`group`]);
 //! committed offsets live in a durable store ([`offsets`]). This module glues
@@ -10,7 +11,9 @@
 //! The assignors are the clients': the coordinator relays protocol metadata
 //! from members to the leader and the leader's assignment back.
 
+pub mod consumer;
 pub mod group;
+mod modern;
 pub mod offsets;
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +63,12 @@ pub struct GroupConfig {
     /// the brokers registered when it is created)
     /// [`offsets.topic.replication.factor`].
     pub offsets_topic_replication_factor: i16,
+    /// Consumer-protocol members silent this long are removed
+    /// [`group.consumer.session.timeout.ms`].
+    pub consumer_session_timeout_ms: i64,
+    /// How often consumer-protocol members heartbeat
+    /// [`group.consumer.heartbeat.interval.ms`].
+    pub consumer_heartbeat_interval_ms: i32,
 }
 
 impl Default for GroupConfig {
@@ -74,6 +83,8 @@ impl Default for GroupConfig {
             tick_interval_ms: 100,
             offsets_topic_num_partitions: 50,
             offsets_topic_replication_factor: 3,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }
@@ -94,6 +105,14 @@ impl GroupConfig {
         if self.offsets_topic_num_partitions < 1 || self.offsets_topic_replication_factor < 1 {
             return Err(
                 "groups: offsets_topic_num_partitions and offsets_topic_replication_factor must be >= 1"
+                    .into(),
+            );
+        }
+        if self.consumer_heartbeat_interval_ms < 1
+            || i64::from(self.consumer_heartbeat_interval_ms) >= self.consumer_session_timeout_ms
+        {
+            return Err(
+                "groups: need 1 <= consumer_heartbeat_interval_ms < consumer_session_timeout_ms"
                     .into(),
             );
         }
@@ -167,6 +186,8 @@ pub struct OffsetCommit {
 pub struct GroupCoordinator {
     config: GroupConfig,
     groups: Mutex<HashMap<String, Group>>,
+    /// Groups of the consumer protocol (KIP-848).
+    consumer: Mutex<HashMap<String, consumer::ConsumerGroup>>,
     store: OffsetStore,
     /// When each empty group became empty (wall clock), for offset expiration.
     empty_since: Mutex<HashMap<String, i64>>,
@@ -185,6 +206,7 @@ impl GroupCoordinator {
         Self {
             config,
             groups: Mutex::new(HashMap::new()),
+            consumer: Mutex::new(HashMap::new()),
             store,
             empty_since: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -255,6 +277,9 @@ impl GroupCoordinator {
 
     /// JoinGroup.
     pub fn join(&self, group_id: &str, req: JoinRequest) -> Pending<JoinResult> {
+        if let Err(e) = self.claim_for_classic(group_id) {
+            return Pending::Ready(JoinResult::error(e, &req.member_id));
+        }
         let limits = self.config.limits();
         let now = self.now();
         let r = self.with_group(group_id, |g| g.join(req, &limits, now));
@@ -336,6 +361,7 @@ impl GroupCoordinator {
     /// `tick_interval_ms`.
     pub fn tick(&self) {
         let now = self.now();
+        self.tick_consumer(now);
         let changed: Vec<String> = {
             let mut groups = self.groups.lock().expect("groups lock");
             groups
@@ -357,6 +383,9 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         generation: i32,
     ) -> Result<(), ResponseError> {
+        if let Some(r) = self.check_consumer_commit(group_id, member_id, generation) {
+            return r;
+        }
         let groups = self.groups.lock().expect("groups lock");
         let Some(g) = groups.get(group_id) else {
             return if generation < 0 {
@@ -403,8 +432,13 @@ impl GroupCoordinator {
             .collect();
         self.store.apply(&changes).map_err(|e| e.to_string())?;
         // A group known only through its offsets still shows in ListGroups.
+        let consumer_group = self
+            .consumer
+            .lock()
+            .expect("consumer groups lock")
+            .contains_key(group_id);
         let mut groups = self.groups.lock().expect("groups lock");
-        if !groups.contains_key(group_id) {
+        if !groups.contains_key(group_id) && !consumer_group {
             groups.insert(group_id.to_string(), Group::new(group_id, 0, None));
             self.empty_since
                 .lock()
@@ -474,6 +508,14 @@ impl GroupCoordinator {
                 (g.state(), g.protocol_type().unwrap_or_default().to_string()),
             );
         }
+        for (id, g) in self.consumer.lock().expect("consumer groups lock").iter() {
+            let state = if g.is_empty() {
+                GroupState::Empty
+            } else {
+                GroupState::Stable
+            };
+            out.insert(id.clone(), (state, "consumer".to_string()));
+        }
         out.into_iter().map(|(id, (s, t))| (id, s, t)).collect()
     }
 
@@ -482,6 +524,31 @@ impl GroupCoordinator {
         let known_offsets = self
             .store
             .read(|i| i.groups.get(group_id).map(|g| g.record.clone()));
+        if let Some(g) = self.consumer_group(group_id) {
+            return Some(GroupDescription {
+                group_id: group_id.to_string(),
+                state: if g.is_empty() {
+                    GroupState::Empty
+                } else {
+                    GroupState::Stable
+                },
+                protocol_type: "consumer".to_string(),
+                protocol: g.assignor.clone(),
+                generation: g.group_epoch,
+                members: g
+                    .members
+                    .values()
+                    .map(|m| MemberDescription {
+                        member_id: m.id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        metadata: Bytes::new(),
+                        assignment: Bytes::new(),
+                    })
+                    .collect(),
+            });
+        }
         let groups = self.groups.lock().expect("groups lock");
         match groups.get(group_id) {
             Some(g) if g.state() != GroupState::Dead => {
@@ -519,6 +586,14 @@ impl GroupCoordinator {
 
     /// DeleteGroups for one group. Blocking.
     pub fn delete_group(&self, group_id: &str) -> Result<(), ResponseError> {
+        let was_consumer = {
+            let mut consumer = self.consumer.lock().expect("consumer groups lock");
+            match consumer.get(group_id) {
+                Some(g) if !g.is_empty() => return Err(ResponseError::NonEmptyGroup),
+                Some(_) => consumer.remove(group_id).is_some(),
+                None => false,
+            }
+        };
         {
             let mut groups = self.groups.lock().expect("groups lock");
             let known_offsets = self.store.read(|i| i.groups.contains_key(group_id));
@@ -528,7 +603,7 @@ impl GroupCoordinator {
                 }
                 Some(g) if !g.is_empty() => return Err(ResponseError::NonEmptyGroup),
                 Some(g) => g.mark_dead(),
-                None if known_offsets => {}
+                None if known_offsets || was_consumer => {}
                 None => return Err(ResponseError::GroupIdNotFound),
             }
             groups.remove(group_id);
@@ -640,6 +715,10 @@ impl GroupCoordinator {
     }
 
     fn forget_members(&self, owned: &impl Fn(&str) -> bool) {
+        self.consumer
+            .lock()
+            .expect("consumer groups lock")
+            .retain(|id, _| !owned(id));
         self.groups.lock().expect("groups lock").retain(|id, g| {
             if owned(id) {
                 g.mark_dead();
@@ -675,6 +754,14 @@ impl GroupCoordinator {
             .iter()
             .filter(|(_, g)| !g.is_empty())
             .map(|(id, _)| id.clone())
+            .chain(
+                self.consumer
+                    .lock()
+                    .expect("consumer groups lock")
+                    .iter()
+                    .filter(|(_, g)| !g.is_empty())
+                    .map(|(id, _)| id.clone()),
+            )
             .collect();
         let empty_since = self.empty_since.lock().expect("empty lock").clone();
         let changes: Vec<OffsetChange> = self.store.read(|image| {

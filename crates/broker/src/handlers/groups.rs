@@ -551,6 +551,7 @@ pub(crate) fn list_groups(
 ) -> ListGroupsResponse {
     let mut resp = ListGroupsResponse::default();
     for (id, state, protocol_type) in broker.groups().list() {
+        let group_type = broker.groups().group_type(&id);
         if version >= 4
             && !req.states_filter.is_empty()
             && !req
@@ -565,7 +566,7 @@ pub(crate) fn list_groups(
             && !req
                 .types_filter
                 .iter()
-                .any(|t| t.eq_ignore_ascii_case("classic"))
+                .any(|t| t.eq_ignore_ascii_case(group_type))
         {
             continue;
         }
@@ -576,7 +577,7 @@ pub(crate) fn list_groups(
             g.group_state = sb(state.name());
         }
         if version >= 5 {
-            g.group_type = sb("classic");
+            g.group_type = sb(group_type);
         }
         resp.groups.push(g);
     }

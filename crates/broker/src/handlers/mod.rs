@@ -30,6 +30,7 @@ use crate::error::ApiError;
 use crate::state::{Broker, Partition, Topic};
 
 mod configs;
+mod consumer_groups;
 mod fetch;
 pub(crate) mod groups;
 pub(crate) mod list_offsets;
@@ -71,8 +72,8 @@ pub struct RequestContext {
 
 /// The APIs Strata answers, with the highest version of each where it is
 /// below what the codec knows (`None`: every version the codec knows).
-/// OffsetCommit v10 and OffsetFetch v10 name topics by id for the new
-/// consumer protocol, which Strata does not serve.
+/// OffsetCommit v10 and OffsetFetch v10 name topics by id, which Strata does
+/// not read yet (consumer-protocol clients use v9, by name).
 pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
     (ApiKey::Produce, None),
     (ApiKey::Fetch, None),
@@ -102,6 +103,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
     (ApiKey::AlterPartitionReassignments, None),
     (ApiKey::ListPartitionReassignments, None),
     (ApiKey::DeleteRecords, None),
+    (ApiKey::ConsumerGroupHeartbeat, None),
+    (ApiKey::ConsumerGroupDescribe, None),
 ];
 
 /// Versions of `key` Strata answers, or `None` if it does not serve the API.
@@ -282,6 +285,12 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
         R::DeleteGroups(r) => groups::delete_groups(broker, r),
         R::OffsetDelete(r) => groups::offset_delete(broker, r),
         R::InitProducerId(r) => groups::init_producer_id(broker, r),
+        R::ConsumerGroupHeartbeat(r) => Reply::Now(ResponseKind::ConsumerGroupHeartbeat(
+            consumer_groups::heartbeat(broker, ctx, r, version),
+        )),
+        R::ConsumerGroupDescribe(r) => Reply::Now(ResponseKind::ConsumerGroupDescribe(
+            consumer_groups::describe(broker, r),
+        )),
         other => Reply::Close(format!("no handler for {other:?}")),
     }
 }
