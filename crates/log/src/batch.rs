@@ -139,6 +139,20 @@ pub fn parse_header(b: &[u8]) -> Result<BatchHeader> {
 /// CRC-32C, offset delta against record count, and for uncompressed batches
 /// that the records really number `records_count` and fill the batch.
 pub fn validate(b: &[u8]) -> Result<BatchHeader> {
+    let h = validate_stored(b)?;
+    if h.last_offset_delta != h.records_count - 1 {
+        return Err(Error::InvalidRecord(format!(
+            "record count {} does not match last offset delta {}",
+            h.records_count, h.last_offset_delta
+        )));
+    }
+    Ok(h)
+}
+
+/// Like [`validate`], for batches already in a log: compaction may have
+/// removed records from a batch, which keeps its last offset delta, so it
+/// may hold fewer records than its offsets span (never none).
+pub fn validate_stored(b: &[u8]) -> Result<BatchHeader> {
     let h = parse_header(b)?;
     if h.size != b.len() {
         return Err(Error::Corrupt(format!(
@@ -157,9 +171,9 @@ pub fn validate(b: &[u8]) -> Result<BatchHeader> {
             h.crc
         )));
     }
-    if h.records_count <= 0 || h.last_offset_delta != h.records_count - 1 {
+    if h.records_count <= 0 || h.last_offset_delta < h.records_count - 1 {
         return Err(Error::InvalidRecord(format!(
-            "record count {} does not match last offset delta {}",
+            "record count {} does not fit last offset delta {}",
             h.records_count, h.last_offset_delta
         )));
     }
@@ -195,7 +209,7 @@ pub fn read_varint(b: &[u8]) -> Option<(i64, usize)> {
 }
 
 /// Counts length-prefixed records and checks they fill `records` exactly.
-fn count_records(mut records: &[u8]) -> Result<usize> {
+pub(crate) fn count_records(mut records: &[u8]) -> Result<usize> {
     let mut n = 0;
     while !records.is_empty() {
         let (len, used) = read_varint(records)
@@ -295,6 +309,51 @@ pub mod testing {
     /// timestamps `ts, ts+1, …`.
     pub fn batch(n: i32, value_len: usize, ts: i64) -> Vec<u8> {
         idempotent_batch(n, value_len, ts, -1, -1, -1)
+    }
+
+    /// A record's key and value (`None`: null; a null value is a tombstone).
+    pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+    /// A batch of keyed records, timestamps `ts, ts+1, …`.
+    pub fn keyed_batch(records: &[KeyValue], ts: i64) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (i, (key, value)) in records.iter().enumerate() {
+            let mut r = Vec::new();
+            r.push(0u8);
+            put_varint(&mut r, i as i64);
+            put_varint(&mut r, i as i64);
+            for field in [key, value] {
+                match field {
+                    Some(v) => {
+                        put_varint(&mut r, v.len() as i64);
+                        r.extend_from_slice(v);
+                    }
+                    None => put_varint(&mut r, -1),
+                }
+            }
+            put_varint(&mut r, 0);
+            put_varint(&mut body, r.len() as i64);
+            body.extend(r);
+        }
+        let n = records.len() as i32;
+        let mut b = Vec::new();
+        b.extend(0i64.to_be_bytes());
+        b.extend(((super::HEADER_LEN - 12 + body.len()) as i32).to_be_bytes());
+        b.extend(0i32.to_be_bytes());
+        b.push(2);
+        b.extend(0u32.to_be_bytes());
+        b.extend(0i16.to_be_bytes());
+        b.extend((n - 1).to_be_bytes());
+        b.extend(ts.to_be_bytes());
+        b.extend((ts + n as i64 - 1).to_be_bytes());
+        b.extend((-1i64).to_be_bytes());
+        b.extend((-1i16).to_be_bytes());
+        b.extend((-1i32).to_be_bytes());
+        b.extend(n.to_be_bytes());
+        b.extend(body);
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
     }
 
     /// Like [`batch`], from an idempotent producer.

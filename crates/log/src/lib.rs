@@ -5,6 +5,8 @@
 //! of [`log`] for what is durable when and what a restart finds.
 
 pub mod batch;
+pub mod clean;
+pub mod compact;
 pub mod epochs;
 pub mod index;
 mod log;

@@ -221,9 +221,9 @@ fn read_at(file: &File, len: usize, pos: u64) -> io::Result<Vec<u8>> {
 /// A partition's log.
 #[derive(Debug)]
 pub struct Log {
-    dir: PathBuf,
-    config: LogConfig,
-    segments: BTreeMap<i64, Segment>,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) segments: BTreeMap<i64, Segment>,
     /// Offset up to which data is fsynced.
     flushed_offset: i64,
     /// Idempotent producers' sequences, as of the log end.
@@ -256,6 +256,7 @@ impl Log {
         initial_offset: i64,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        crate::clean::recover_swaps(dir)?;
         let marker = dir.join(CLEAN_SHUTDOWN);
         let clean = marker.exists();
         let mut bases = Vec::new();
@@ -292,10 +293,12 @@ impl Log {
             segments.insert(base, seg);
         }
         // A segment emptied by recovery that is not the last one is dropped so
-        // offsets stay contiguous within the remaining segments.
+        // offsets stay contiguous within the remaining segments. An empty
+        // first segment is compaction's: it holds the log start offset.
+        let first = segments.keys().next().copied();
         let empties: Vec<i64> = segments
             .iter()
-            .filter(|(b, s)| s.size == 0 && Some(**b) != last)
+            .filter(|(b, s)| s.size == 0 && Some(**b) != last && Some(**b) != first)
             .map(|(b, _)| *b)
             .collect();
         for b in empties {
@@ -546,13 +549,15 @@ impl Log {
             if size > rest.len() {
                 break;
             }
-            let h = batch::validate(&rest[..size])?;
+            // The leader's batches may be compacted ones.
+            let h = batch::validate_stored(&rest[..size])?;
             if h.next_offset() <= expected && headers.is_empty() {
                 skip = pos + size;
                 pos += size;
                 continue;
             }
-            if h.base_offset != expected {
+            // Later is a hole compaction left in the leader's log.
+            if h.base_offset < expected {
                 return Err(Error::Corrupt(format!(
                     "replicated batch starts at {}, the log ends at {expected}",
                     h.base_offset
@@ -1015,12 +1020,19 @@ impl Log {
                 end: hw,
             });
         }
-        let seg = self
+        let mut seg = self
             .segments
             .range(..=offset)
             .next_back()
             .map(|(_, s)| s)
             .expect("offset at or above log start has a segment");
+        // Compaction can leave a segment ending before the next one starts:
+        // an offset in between is read from the next.
+        if offset >= seg.next_offset {
+            if let Some((_, next)) = self.segments.range(offset + 1..).next() {
+                seg = next;
+            }
+        }
         Ok(ReadPlan {
             file: seg.file.get()?,
             start_position: seg.index.lookup(offset).position,
@@ -1181,12 +1193,16 @@ impl Log {
     /// Closed segments (every segment but the active one), oldest first.
     pub fn closed_segments(&self) -> Vec<SegmentInfo> {
         let n = self.segments.len().saturating_sub(1);
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        // A closed segment ends where the next starts: compaction may have
+        // removed its last records.
         self.segments
             .values()
             .take(n)
-            .map(|s| SegmentInfo {
+            .zip(bases.into_iter().skip(1))
+            .map(|(s, end)| SegmentInfo {
                 base_offset: s.base,
-                next_offset: s.next_offset,
+                next_offset: end,
                 size_bytes: s.size,
                 max_timestamp: s.max_timestamp,
                 path: segment::log_path(&self.dir, s.base),

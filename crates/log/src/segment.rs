@@ -398,7 +398,7 @@ pub(crate) fn scan(file: &File, base: i64, index_interval: u64) -> Result<Scan> 
             ));
             break;
         }
-        let h = match batch::validate(&buf) {
+        let h = match batch::validate_stored(&buf) {
             Ok(h) => h,
             Err(e) => {
                 out.stopped = Some(e.to_string());
