@@ -49,8 +49,25 @@ pub struct RemoteView {
     pub last_error: Option<String>,
 }
 
+/// What the log cleaner did to a compacted partition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompactionView {
+    /// Share of the cleanable bytes not compacted yet, at the last look.
+    pub dirty_ratio: f64,
+    /// The offset the log is compacted up to.
+    pub cleaned_to: i64,
+    /// Passes completed since the broker started.
+    pub passes: u64,
+    /// Bytes removed since the broker started.
+    pub bytes_reclaimed: u64,
+    /// Records removed since the broker started.
+    pub records_removed: u64,
+    /// When the last pass ended (ms since the epoch; 0: none yet).
+    pub last_pass_ms: i64,
+}
+
 /// A partition's hot and cold ranges.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartitionStatus {
     /// Topic.
     pub topic: String,
@@ -75,6 +92,8 @@ pub struct PartitionStatus {
     pub offload_lag_bytes: u64,
     /// Closed segments waiting for upload.
     pub offload_lag_segments: usize,
+    /// The cleaner's progress (`cleanup.policy` with `compact`).
+    pub compaction: Option<CompactionView>,
 }
 
 /// A broker of the cluster, as registered.
@@ -288,6 +307,17 @@ impl Broker {
             remote,
             offload_lag_bytes: lag_bytes,
             offload_lag_segments: lag_segments,
+            compaction: policy.compact.map(|_| {
+                let c = p.cleaner.lock().expect("cleaner lock").clone();
+                CompactionView {
+                    dirty_ratio: c.dirty_ratio,
+                    cleaned_to: p.with_log(|l| l.cleaned_to()),
+                    passes: c.passes,
+                    bytes_reclaimed: c.bytes_reclaimed,
+                    records_removed: c.records_removed,
+                    last_pass_ms: c.last_pass_ms,
+                }
+            }),
         }
     }
 

@@ -106,6 +106,15 @@ pub struct LogDefaults {
     /// take more than this in all (0: no limit). With remote storage, set it
     /// above the hot windows plus room for uploads to fall behind.
     pub disk_usage_max_bytes: u64,
+    /// Threads compacting logs (`log.cleaner.threads`; 0 turns the cleaner off).
+    pub cleaner_threads: usize,
+    /// Bytes per second the cleaner may read, all threads together
+    /// (`log.cleaner.io.max.bytes.per.second`; 0: no limit).
+    pub cleaner_io_max_bytes_per_second: u64,
+    /// Memory for one pass's key map (`log.cleaner.dedupe.buffer.size`).
+    pub cleaner_dedupe_buffer_bytes: usize,
+    /// Pause between the cleaner's looks for dirty logs (`log.cleaner.backoff.ms`).
+    pub cleaner_backoff_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -152,6 +161,10 @@ impl Default for LogDefaults {
             disk_free_min_bytes: 256 << 20,
             min_insync_replicas: 1,
             disk_usage_max_bytes: 0,
+            cleaner_threads: 1,
+            cleaner_io_max_bytes_per_second: 32 << 20,
+            cleaner_dedupe_buffer_bytes: 128 << 20,
+            cleaner_backoff_ms: 15_000,
         }
     }
 }

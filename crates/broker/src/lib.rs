@@ -9,6 +9,7 @@
 
 pub mod admin_api;
 mod appender;
+pub mod cleaner;
 pub mod cluster;
 pub mod config;
 pub mod error;

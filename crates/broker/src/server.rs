@@ -334,6 +334,7 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
         retention,
         shutdown.clone(),
     ));
+    let cleaner_task = tokio::spawn(crate::cleaner::run(broker.clone(), shutdown.clone()));
     let lake_task = tokio::spawn(broker.lake().clone().run(
         broker.clone() as Arc<dyn strata_lake::LakeHost>,
         shutdown.clone(),
@@ -378,5 +379,6 @@ pub async fn background(broker: Arc<Broker>, shutdown: CancellationToken) {
     }
     let _ = tier_task.await;
     let _ = lake_task.await;
+    let _ = cleaner_task.await;
     info!("background tasks stopped");
 }

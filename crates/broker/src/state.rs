@@ -119,6 +119,8 @@ pub struct Partition {
     /// of the topic, registered once.
     bytes_in: metrics::Counter,
     messages_in: metrics::Counter,
+    /// What the log cleaner did last (compacted topics).
+    pub(crate) cleaner: Mutex<crate::cleaner::CleanerStatus>,
 }
 
 /// How a state change moved this broker's leadership of a partition.
@@ -446,7 +448,7 @@ impl Partition {
         self.track_size(bytes, 0);
     }
 
-    fn track_size(&self, before: u64, after: u64) {
+    pub(crate) fn track_size(&self, before: u64, after: u64) {
         use std::sync::atomic::Ordering;
         if after >= before {
             self.local_bytes
@@ -497,9 +499,13 @@ impl Partition {
     /// NOT_LEADER_OR_FOLLOWER if leadership moved on meanwhile. Blocking
     /// (file I/O).
     pub fn append(&self, records: &mut [u8], leader_epoch: i32) -> Result<AppendInfo, ApiError> {
+        let policy = self.policy();
+        if policy.compact.is_some() {
+            crate::cleaner::check_keys(records)?;
+        }
         // compression.type: batches in another codec are recompressed first.
         let mut converted;
-        let records = match self.policy().compression {
+        let records = match policy.compression {
             crate::topic_config::TopicCompression::Codec(codec) => {
                 match crate::recompress::to_codec(records, codec)
                     .map_err(|e| ApiError::new(ResponseError::CorruptMessage, e))?
@@ -553,10 +559,17 @@ impl Partition {
                 retention_bytes: policy.local_retention_bytes,
                 delete_below,
             }
-        } else {
+        } else if policy.delete {
             strata_log::RetentionLimits {
                 retention_ms: policy.retention_ms,
                 retention_bytes: policy.retention_bytes,
+                delete_below,
+            }
+        } else {
+            // cleanup.policy=compact alone: nothing expires.
+            strata_log::RetentionLimits {
+                retention_ms: -1,
+                retention_bytes: -1,
                 delete_below,
             }
         };
@@ -1060,6 +1073,7 @@ impl Broker {
             local_bytes: self.disk.used.clone(),
             bytes_in: metrics::counter!("strata_topic_bytes_in_total", "topic" => rec.name.clone()),
             messages_in: metrics::counter!("strata_topic_messages_in_total", "topic" => rec.name.clone()),
+            cleaner: Mutex::new(crate::cleaner::CleanerStatus::default()),
         });
         {
             let mut log = p.log.lock().expect("log lock poisoned");

@@ -20,11 +20,15 @@ pub struct ConfigKey {
 pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
     ConfigKey {
         name: "cleanup.policy",
-        doc: "delete: old segments are removed by retention (compact is not supported)",
+        doc: "delete (old segments go by retention.ms/bytes), compact (the latest record of every key is kept forever), or compact,delete",
     },
     ConfigKey {
         name: "compression.type",
         doc: "producer (batches are stored as the producer compressed them), uncompressed, gzip, snappy, lz4 or zstd (batches in another codec are recompressed on append)",
+    },
+    ConfigKey {
+        name: "delete.retention.ms",
+        doc: "compacted topics: how long tombstones are kept after their segment was written",
     },
     ConfigKey {
         name: "index.interval.bytes",
@@ -55,6 +59,10 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
         doc: "with remote storage: age after which uploaded segments are dropped locally (-2: retention.ms)",
     },
     ConfigKey {
+        name: "max.compaction.lag.ms",
+        doc: "compacted topics: a record is compacted at the latest this long after it was written, whatever the dirty ratio",
+    },
+    ConfigKey {
         name: "max.message.bytes",
         doc: "largest record batch accepted",
     },
@@ -73,6 +81,14 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
     ConfigKey {
         name: "message.timestamp.type",
         doc: "CreateTime or LogAppendTime",
+    },
+    ConfigKey {
+        name: "min.cleanable.dirty.ratio",
+        doc: "compacted topics: the share of not yet compacted bytes that makes the cleaner compact the log",
+    },
+    ConfigKey {
+        name: "min.compaction.lag.ms",
+        doc: "compacted topics: records younger than this are not compacted",
     },
     ConfigKey {
         name: "min.insync.replicas",
@@ -159,7 +175,7 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, String> {
 /// Where a partition's data lives and for how long: the tiered-storage
 /// settings resolved against the broker defaults (`-2` local values taken
 /// from the total ones).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StoragePolicy {
     /// `remote.storage.enable`.
     pub remote: bool,
@@ -173,6 +189,50 @@ pub struct StoragePolicy {
     pub local_retention_bytes: i64,
     /// `compression.type`.
     pub compression: TopicCompression,
+    /// `cleanup.policy` has `delete`: retention removes old segments.
+    pub delete: bool,
+    /// `cleanup.policy` has `compact`, with its settings.
+    pub compact: Option<Compaction>,
+}
+
+/// A compacted topic's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    /// `delete.retention.ms`.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`.
+    pub max_compaction_lag_ms: i64,
+}
+
+/// `cleanup.policy`: (delete, compact).
+fn parse_cleanup_policy(value: &str) -> Result<(bool, bool), String> {
+    let (mut delete, mut compact) = (false, false);
+    for item in value.split(',').map(str::trim) {
+        match item {
+            "delete" => delete = true,
+            "compact" => compact = true,
+            other => {
+                return Err(format!(
+                    "cleanup.policy: '{other}' is not delete or compact"
+                ))
+            }
+        }
+    }
+    if !delete && !compact {
+        return Err("cleanup.policy: give delete, compact or both".into());
+    }
+    Ok((delete, compact))
+}
+
+fn parse_ratio(name: &str, value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{name}: '{value}' is not a number from 0 to 1")),
+    }
 }
 
 /// `compression.type`: how the log stores batches.
@@ -208,12 +268,10 @@ impl TopicCompression {
 /// Validates one key and value.
 pub fn validate_entry(name: &str, value: &str) -> Result<(), String> {
     match name {
-        "cleanup.policy" => match value {
-            "delete" => Ok(()),
-            _ => Err(format!(
-                "cleanup.policy: '{value}' is not supported; only 'delete' is"
-            )),
-        },
+        "cleanup.policy" => parse_cleanup_policy(value).map(drop),
+        "delete.retention.ms" | "min.compaction.lag.ms" => parse_i64(name, value, 0).map(drop),
+        "max.compaction.lag.ms" => parse_i64(name, value, 1).map(drop),
+        "min.cleanable.dirty.ratio" => parse_ratio(name, value).map(drop),
         "compression.type" => TopicCompression::parse(value).map(drop),
         "index.interval.bytes" => parse_i64(name, value, 0).map(drop),
         "message.downconversion.enable" => parse_bool(name, value).map(drop),
@@ -286,6 +344,10 @@ impl TopicConfig {
         }
         let d = match name {
             "cleanup.policy" => "delete".to_string(),
+            "delete.retention.ms" => "86400000".to_string(),
+            "min.cleanable.dirty.ratio" => "0.5".to_string(),
+            "min.compaction.lag.ms" => "0".to_string(),
+            "max.compaction.lag.ms" => i64::MAX.to_string(),
             "compression.type" => defaults.compression_type.clone(),
             "index.interval.bytes" => defaults.index_interval_bytes.to_string(),
             "max.message.bytes" => defaults.max_message_bytes.to_string(),
@@ -325,13 +387,43 @@ impl TopicConfig {
                 v => Ok(v),
             }
         };
+        let (delete, compact) = parse_cleanup_policy(&get("cleanup.policy"))?;
+        let remote = parse_bool("remote.storage.enable", &get("remote.storage.enable"))?;
+        if compact && remote {
+            return Err(
+                "cleanup.policy=compact with remote.storage.enable=true is not supported yet: compaction of the object tier is not built"
+                    .into(),
+            );
+        }
         Ok(StoragePolicy {
-            remote: parse_bool("remote.storage.enable", &get("remote.storage.enable"))?,
+            remote,
             local_retention_ms: local("local.retention.ms", retention_ms)?,
             local_retention_bytes: local("local.retention.bytes", retention_bytes)?,
             retention_ms,
             retention_bytes,
             compression: TopicCompression::parse(&get("compression.type"))?,
+            delete,
+            compact: compact.then_some(Compaction {
+                delete_retention_ms: parse_i64(
+                    "delete.retention.ms",
+                    &get("delete.retention.ms"),
+                    0,
+                )?,
+                min_cleanable_dirty_ratio: parse_ratio(
+                    "min.cleanable.dirty.ratio",
+                    &get("min.cleanable.dirty.ratio"),
+                )?,
+                min_compaction_lag_ms: parse_i64(
+                    "min.compaction.lag.ms",
+                    &get("min.compaction.lag.ms"),
+                    0,
+                )?,
+                max_compaction_lag_ms: parse_i64(
+                    "max.compaction.lag.ms",
+                    &get("max.compaction.lag.ms"),
+                    1,
+                )?,
+            }),
         })
     }
 
@@ -411,7 +503,8 @@ mod tests {
             ("retention.ms", "soon"),
             ("retention.bytes", "-2"),
             ("segment.bytes", "10"),
-            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "compress"),
+            ("min.cleanable.dirty.ratio", "1.5"),
             ("message.timestamp.type", "Now"),
             ("compression.type", "brotli"),
             ("remote.storage.enable", "yes"),

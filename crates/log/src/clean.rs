@@ -80,6 +80,9 @@ pub struct CleanConfig {
     pub map_bytes: usize,
     /// `segment.bytes`: cleaned groups are at most this large.
     pub segment_bytes: u64,
+    /// Segments reaching this offset are not cleaned (the lake has not
+    /// read them yet); `i64::MAX` for none.
+    pub keep_from: i64,
 }
 
 /// A closed segment as a pass sees it.
@@ -230,16 +233,21 @@ impl Log {
     }
 
     /// What a pass at `now` would cover, or `None` when nothing is dirty.
-    pub fn clean_plan(&self, min_compaction_lag_ms: i64, now_ms: i64) -> Option<CleanPlan> {
+    pub fn clean_plan(
+        &self,
+        min_compaction_lag_ms: i64,
+        keep_from: i64,
+        now_ms: i64,
+    ) -> Option<CleanPlan> {
         let closed = self.segments.len().saturating_sub(1);
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         let mut segments = Vec::new();
         let mut clean_to = bases.last().copied().unwrap_or(0);
         for (i, s) in self.segments.values().take(closed).enumerate() {
-            if min_compaction_lag_ms > 0
+            let young = min_compaction_lag_ms > 0
                 && s.max_timestamp >= 0
-                && now_ms - s.max_timestamp < min_compaction_lag_ms
-            {
+                && now_ms - s.max_timestamp < min_compaction_lag_ms;
+            if young || bases[i + 1] > keep_from {
                 clean_to = s.base;
                 break;
             }
@@ -469,7 +477,9 @@ pub fn compact(
     now_ms: i64,
     pace: &mut dyn FnMut(u64),
 ) -> Result<Option<CleanStats>> {
-    let Some(plan) = log.with_log(|l| l.clean_plan(cfg.min_compaction_lag_ms, now_ms)) else {
+    let Some(plan) =
+        log.with_log(|l| l.clean_plan(cfg.min_compaction_lag_ms, cfg.keep_from, now_ms))
+    else {
         return Ok(None);
     };
     let mut map = KeyMap::new(cfg.map_bytes);
@@ -518,6 +528,7 @@ mod tests {
         min_compaction_lag_ms: 0,
         map_bytes: 1 << 20,
         segment_bytes: 8192,
+        keep_from: i64::MAX,
     };
 
     /// Writes `n` updates over `keys` keys (every 20th a tombstone), one
@@ -631,6 +642,19 @@ mod tests {
     }
 
     #[test]
+    fn segments_a_reader_has_not_consumed_are_not_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        fill(&mut log, 1_000, 10);
+        let plan = log.clean_plan(0, 300, 10).unwrap();
+        assert!(plan.clean_to <= 300 && plan.segments.iter().all(|s| s.end <= 300));
+        assert!(
+            log.clean_plan(0, 0, 10).is_none(),
+            "nothing read: nothing cleaned"
+        );
+    }
+
+    #[test]
     fn expired_tombstones_go_and_a_second_pass_changes_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
@@ -672,7 +696,7 @@ mod tests {
             let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
             fill(&mut log, 400, 10);
             let before = read_all(&log);
-            let plan = log.clean_plan(0, 10).unwrap();
+            let plan = log.clean_plan(0, i64::MAX, 10).unwrap();
             let mut map = KeyMap::new(1 << 20);
             let (to, _) = build_map(&plan, &mut map, &mut |_| {}).unwrap();
             let group = groups(&plan, to, 1 << 30).remove(0);

@@ -1118,7 +1118,14 @@ impl Log {
             let by_time = limits.retention_ms >= 0
                 && seg.max_timestamp >= 0
                 && now_ms - seg.max_timestamp > limits.retention_ms;
-            let by_floor = seg.next_offset <= self.start_floor;
+            // Wholly below the floor: the next segment starts at or below it
+            // (a compacted segment may end before the next one starts).
+            let end = self
+                .segments
+                .range(base + 1..)
+                .next()
+                .map_or(seg.next_offset, |(b, _)| *b);
+            let by_floor = end <= self.start_floor;
             if !(by_bytes || by_time || by_floor) {
                 break;
             }

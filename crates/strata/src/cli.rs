@@ -347,6 +347,38 @@ fn print_topic(v: &Value) {
         ],
         rows,
     );
+    let compacted: Vec<Vec<String>> = v["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["compaction"].is_object())
+        .map(|p| {
+            let c = &p["compaction"];
+            let ratio = c["dirty_ratio"].as_f64().unwrap_or(0.0);
+            vec![
+                s(&p["partition"]),
+                format!("{ratio:.2}"),
+                s(&c["cleaned_to"]),
+                s(&c["passes"]),
+                s(&c["records_removed"]),
+                s(&c["bytes_reclaimed"]),
+            ]
+        })
+        .collect();
+    if !compacted.is_empty() {
+        println!();
+        table(
+            &[
+                "PARTITION",
+                "DIRTY RATIO",
+                "CLEANED TO",
+                "PASSES",
+                "RECORDS REMOVED",
+                "BYTES RECLAIMED",
+            ],
+            compacted,
+        );
+    }
     println!();
     let rows = v["configs"]
         .as_array()

@@ -26,10 +26,12 @@ pub(super) const TYPE_INT: i8 = 3;
 pub(super) const TYPE_LONG: i8 = 5;
 pub(super) const TYPE_LIST: i8 = 7;
 pub(super) const TYPE_BOOLEAN: i8 = 1;
+pub(super) const TYPE_DOUBLE: i8 = 6;
 
 pub(super) fn topic_config_type(name: &str) -> i8 {
     match name {
         "cleanup.policy" => TYPE_LIST,
+        "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
         "compression.type"
         | "message.format.version"
         | "message.timestamp.type"
