@@ -64,6 +64,10 @@ pub struct CompactionView {
     pub records_removed: u64,
     /// When the last pass ended (ms since the epoch; 0: none yet).
     pub last_pass_ms: i64,
+    /// How long the last pass took.
+    pub last_pass_duration_ms: u64,
+    /// Dirty bytes the last pass covered.
+    pub last_pass_dirty_bytes: u64,
 }
 
 /// A partition's hot and cold ranges.
@@ -316,6 +320,8 @@ impl Broker {
                     bytes_reclaimed: c.bytes_reclaimed,
                     records_removed: c.records_removed,
                     last_pass_ms: c.last_pass_ms,
+                    last_pass_duration_ms: c.last_pass_duration_ms,
+                    last_pass_dirty_bytes: c.last_pass_dirty_bytes,
                 }
             }),
         }

@@ -37,6 +37,10 @@ pub struct CleanerStatus {
     pub records_removed: u64,
     /// When the last pass ended (ms since the epoch; 0: never).
     pub last_pass_ms: i64,
+    /// How long the last pass took, and the dirty bytes it covered.
+    pub last_pass_duration_ms: u64,
+    /// Dirty bytes the last pass covered.
+    pub last_pass_dirty_bytes: u64,
 }
 
 /// Refuses records without a key, as Kafka does on compacted topics.
@@ -102,6 +106,7 @@ pub fn clean_partition(broker: &Broker, p: &Partition, rate: &ByteRate) {
         segment_bytes: p.with_log(|l| l.config().segment_bytes),
         keep_from: lake_floor(p),
     };
+    let started = std::time::Instant::now();
     match clean::compact(p, &cfg, now_ms(), &mut |n| rate.acquire_blocking(n)) {
         Ok(Some(stats)) => {
             let reclaimed = stats.bytes_before.saturating_sub(stats.bytes_after);
@@ -113,6 +118,8 @@ pub fn clean_partition(broker: &Broker, p: &Partition, rate: &ByteRate) {
             st.bytes_reclaimed += reclaimed;
             st.records_removed += stats.records_removed;
             st.last_pass_ms = now_ms();
+            st.last_pass_duration_ms = started.elapsed().as_millis() as u64;
+            st.last_pass_dirty_bytes = stats.dirty_bytes;
             let labels = [
                 ("topic", p.topic.clone()),
                 ("partition", p.index.to_string()),

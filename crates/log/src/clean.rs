@@ -141,6 +141,8 @@ pub struct CleanStats {
     pub records_removed: u64,
     /// Where the cleaned section now ends.
     pub cleaned_to: i64,
+    /// Bytes of the dirty section the pass covered.
+    pub dirty_bytes: u64,
 }
 
 fn cleaned_path(dir: &Path, base: i64) -> PathBuf {
@@ -487,6 +489,12 @@ pub fn compact(
     let mut stats = CleanStats {
         bytes_read: read,
         cleaned_to: map_end,
+        dirty_bytes: plan
+            .segments
+            .iter()
+            .filter(|s| s.end > plan.dirty_from && s.end <= map_end)
+            .map(|s| s.size)
+            .sum(),
         ..CleanStats::default()
     };
     if map_end <= plan.dirty_from {
