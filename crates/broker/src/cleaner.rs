@@ -47,8 +47,13 @@ pub struct CleanerStatus {
 pub(crate) fn check_keys(records: &[u8]) -> Result<(), ApiError> {
     for (at, h) in batch::headers(records) {
         let b = &records[at..at + h.size];
-        let plain = compact::plain_records(b, &h)
-            .map_err(|e| ApiError::new(ResponseError::CorruptMessage, e))?;
+        let body = bytes::Bytes::copy_from_slice(&b[batch::HEADER_LEN..h.size]);
+        let plain = strata_wire::codec::decompress_limited(
+            h.compression(),
+            body,
+            crate::recompress::MAX_DECOMPRESSED,
+        )
+        .map_err(|e| ApiError::new(ResponseError::CorruptMessage, e))?;
         let all = compact::records(&h, &plain)
             .map_err(|e| ApiError::new(ResponseError::CorruptMessage, e))?;
         if all.iter().any(|r| r.key.is_none()) {

@@ -11,6 +11,11 @@ use bytes::{Bytes, BytesMut};
 use strata_log::batch::{self, HEADER_LEN, LOG_OVERHEAD};
 use strata_wire::codec;
 
+/// The most a client's batch may decompress to (Kafka's largest default
+/// `max.message.bytes` is 1 MiB compressed; this allows for ratios far
+/// beyond real data) before it is refused as corrupt.
+pub(crate) const MAX_DECOMPRESSED: usize = 256 << 20;
+
 /// Bits of a batch's attributes holding its codec.
 const CODEC_MASK: i16 = 0x7;
 /// Where a v2 batch's fields are.
@@ -48,8 +53,12 @@ pub(crate) fn to_codec(records: &[u8], target: i16) -> Result<Option<BytesMut>, 
             out.extend_from_slice(b);
             continue;
         }
-        let plain = codec::decompress(h.compression(), Bytes::copy_from_slice(&b[HEADER_LEN..]))
-            .map_err(|e| format!("batch of {} records: {e}", h.records_count))?;
+        let plain = codec::decompress_limited(
+            h.compression(),
+            Bytes::copy_from_slice(&b[HEADER_LEN..]),
+            MAX_DECOMPRESSED,
+        )
+        .map_err(|e| format!("batch of {} records: {e}", h.records_count))?;
         let start = out.len();
         out.extend_from_slice(&b[..HEADER_LEN]);
         codec::compress(target, &plain, &mut out)?;

@@ -454,8 +454,12 @@ impl Partition {
             self.local_bytes
                 .fetch_add(after - before, Ordering::Relaxed);
         } else {
-            self.local_bytes
-                .fetch_sub(before - after, Ordering::Relaxed);
+            let less = before - after;
+            let _ = self
+                .local_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(less))
+                });
         }
     }
 
@@ -626,10 +630,20 @@ impl Partition {
                 ),
             ));
         }
+        let policy = self.policy();
+        if !policy.delete {
+            // Kafka's answer: records of a compact-only topic go by compaction.
+            return Err(ApiError::new(
+                ResponseError::PolicyViolation,
+                format!(
+                    "{} has cleanup.policy=compact: records cannot be deleted by offset",
+                    self.topic
+                ),
+            ));
+        }
         if offset <= offsets.log_start {
             return Ok(offsets.log_start);
         }
-        let policy = self.policy();
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let bound = me.local_deletion_bound(&policy);

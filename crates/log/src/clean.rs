@@ -96,6 +96,10 @@ pub struct PlannedSegment {
     pub size: u64,
     /// Newest record's timestamp.
     pub max_timestamp: i64,
+    /// When the file was last written (ms since the epoch): tombstones are
+    /// kept `delete.retention.ms` from then, not from their own timestamps,
+    /// which producers set.
+    pub written_ms: i64,
     path: PathBuf,
 }
 
@@ -107,9 +111,11 @@ pub struct CleanPlan {
     pub segments: Vec<PlannedSegment>,
     /// Where the dirty (not yet cleaned) section starts.
     pub dirty_from: i64,
-    /// Where the cleanable section ends (the active segment, or the first
-    /// segment younger than `min.compaction.lag.ms`).
+    /// Where the cleanable section ends (the active segment, the high
+    /// watermark, or the first segment younger than `min.compaction.lag.ms`).
     pub clean_to: i64,
+    /// The log's truncation count when planned.
+    truncations: u64,
 }
 
 impl CleanPlan {
@@ -245,20 +251,30 @@ impl Log {
         let bases: Vec<i64> = self.segments.keys().copied().collect();
         let mut segments = Vec::new();
         let mut clean_to = bases.last().copied().unwrap_or(0);
+        // Never past the high watermark: uncommitted records may still be cut
+        // by a truncation, and the values they replace must not go first.
+        let hw = self.high_watermark();
         for (i, s) in self.segments.values().take(closed).enumerate() {
             let young = min_compaction_lag_ms > 0
                 && s.max_timestamp >= 0
                 && now_ms - s.max_timestamp < min_compaction_lag_ms;
-            if young || bases[i + 1] > keep_from {
+            if young || bases[i + 1] > keep_from || bases[i + 1] > hw {
                 clean_to = s.base;
                 break;
             }
+            let path = segment::log_path(&self.dir, s.base);
+            let written_ms = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(now_ms, |d| d.as_millis() as i64);
             segments.push(PlannedSegment {
                 base: s.base,
                 end: bases[i + 1],
                 size: s.size,
                 max_timestamp: s.max_timestamp,
-                path: segment::log_path(&self.dir, s.base),
+                written_ms,
+                path,
             });
         }
         let dirty_from = self.cleaned_to().max(self.log_start_offset());
@@ -267,6 +283,7 @@ impl Log {
             segments,
             dirty_from,
             clean_to,
+            truncations: self.truncations,
         })
     }
 
@@ -276,16 +293,28 @@ impl Log {
     /// of it). Returns whether it swapped.
     pub fn swap_in(
         &mut self,
-        group: &[i64],
-        group_end: i64,
+        plan: &CleanPlan,
+        planned: &[PlannedSegment],
         cleaned: Option<PathBuf>,
         now_ms: i64,
     ) -> Result<bool> {
         let active = self.segments.keys().next_back().copied();
-        let present = !group.is_empty()
-            && group
-                .iter()
-                .all(|b| self.segments.contains_key(b) && Some(*b) != active);
+        let group: Vec<i64> = planned.iter().map(|s| s.base).collect();
+        let group_end = planned.last().map_or(0, |s| s.end);
+        // Unchanged since planned: no truncation since, every segment still
+        // there, closed and of the same size, and the next one where it was.
+        let next_after = group
+            .last()
+            .and_then(|last| self.segments.range(last + 1..).next())
+            .map(|(b, _)| *b);
+        let present = plan.truncations == self.truncations
+            && !group.is_empty()
+            && next_after == Some(group_end)
+            && planned.iter().all(|g| {
+                Some(g.base) != active
+                    && self.segments.get(&g.base).is_some_and(|s| s.size == g.size)
+            });
+        let group = &group[..];
         if !present {
             if let Some(p) = cleaned {
                 std::fs::remove_file(p)?;
@@ -341,8 +370,24 @@ impl Log {
         Ok(true)
     }
 
-    /// Records that the log is cleaned up to `offset`.
-    pub fn set_cleaned_to(&self, offset: i64) -> Result<()> {
+    /// After a cut at `end`: what was cleaned beyond it is gone, and what
+    /// comes there next is dirty.
+    pub(crate) fn clamp_cleaned_to(&self, end: i64) -> Result<()> {
+        if self.cleaned_to() > end {
+            segment::write_synced(
+                &self.dir.join(CLEANED_CHECKPOINT),
+                end.to_string().as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records that the log is cleaned up to `offset`, unless it was cut
+    /// since `plan` was made (the next pass starts from the checkpoint).
+    pub fn set_cleaned_to(&self, plan: &CleanPlan, offset: i64) -> Result<()> {
+        if plan.truncations != self.truncations {
+            return Ok(());
+        }
         segment::write_synced(
             &self.dir.join(CLEANED_CHECKPOINT),
             offset.to_string().as_bytes(),
@@ -390,7 +435,9 @@ pub fn groups(plan: &CleanPlan, to: i64, segment_bytes: u64) -> Vec<Vec<PlannedS
     let mut size = 0u64;
     for s in plan.segments.iter().filter(|s| s.end <= to) {
         match out.last_mut() {
-            Some(g) if size + s.size <= segment_bytes => {
+            // Offsets within a segment are indexed relative to its base as
+            // 32-bit numbers: a merged group spans at most i32::MAX.
+            Some(g) if size + s.size <= segment_bytes && s.end - g[0].base <= i32::MAX as i64 => {
                 size += s.size;
                 g.push(s.clone());
             }
@@ -420,8 +467,11 @@ pub fn clean_group(
     let mut written = 0u64;
     for s in group {
         stats.bytes_before += s.size;
-        // Tombstones go once their segment is older than delete.retention.ms.
-        let expired = s.max_timestamp >= 0 && now_ms - s.max_timestamp > cfg.delete_retention_ms;
+        // Tombstones go once their segment was written more than
+        // delete.retention.ms ago (a cleaned segment counts from its cleaning,
+        // so a reader has at least that long to see a delete), not by the
+        // record timestamps producers set.
+        let expired = now_ms - s.written_ms > cfg.delete_retention_ms;
         let mut batches = Batches::open(&s.path)?;
         while let Some(b) = batches.next_batch()? {
             stats.bytes_read += b.len() as u64;
@@ -502,15 +552,19 @@ pub fn compact(
         return Ok(None);
     }
     for group in groups(&plan, map_end, cfg.segment_bytes) {
-        let cleaned = clean_group(&plan, &group, &map, cfg, now_ms, &mut stats, pace)?;
-        let bases: Vec<i64> = group.iter().map(|s| s.base).collect();
-        let end = group.last().expect("non-empty group").end;
-        if !log.with_log(|l| l.swap_in(&bases, end, cleaned, now_ms))? {
-            // Retention took part of the group meanwhile: stop this pass.
+        let mut done = CleanStats::default();
+        let cleaned = clean_group(&plan, &group, &map, cfg, now_ms, &mut done, pace)?;
+        stats.bytes_read += done.bytes_read;
+        if !log.with_log(|l| l.swap_in(&plan, &group, cleaned, now_ms))? {
+            // Retention or a truncation changed the group meanwhile: stop
+            // this pass; the next one plans again.
             return Ok(Some(stats));
         }
+        stats.bytes_before += done.bytes_before;
+        stats.bytes_after += done.bytes_after;
+        stats.records_removed += done.records_removed;
     }
-    log.with_log(|l| l.set_cleaned_to(map_end))?;
+    log.with_log(|l| l.set_cleaned_to(&plan, map_end))?;
     Ok(Some(stats))
 }
 
@@ -660,6 +714,37 @@ mod tests {
             log.clean_plan(0, 0, 10).is_none(),
             "nothing read: nothing cleaned"
         );
+    }
+
+    #[test]
+    fn a_pass_stops_at_the_high_watermark_and_a_truncation_voids_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), cfg(), 0).unwrap();
+        fill(&mut log, 1_000, 10);
+        log.set_high_watermark(400);
+        let plan = log.clean_plan(0, i64::MAX, 10).unwrap();
+        assert!(
+            plan.segments.iter().all(|s| s.end <= 400),
+            "nothing uncommitted is cleaned"
+        );
+        let mut map = KeyMap::new(1 << 20);
+        let (to, _) = build_map(&plan, &mut map, &mut |_| {}).unwrap();
+        let group = groups(&plan, to, 1 << 30).remove(0);
+        let mut stats = CleanStats::default();
+        let cleaned =
+            clean_group(&plan, &group, &map, &CLEAN, 10, &mut stats, &mut |_| {}).unwrap();
+        // A follower's truncation in the meantime: the swap is refused and
+        // the checkpoint not moved.
+        log.truncate_to(300, 10).unwrap();
+        let before = read_all(&log);
+        assert!(!log.swap_in(&plan, &group, cleaned, 10).unwrap());
+        log.set_cleaned_to(&plan, to).unwrap();
+        assert_eq!(log.cleaned_to(), 0);
+        assert_eq!(read_all(&log), before);
+        assert!(!dir.path().read_dir().unwrap().any(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.ends_with(".cleaned") || name.ends_with(".swap")
+        }));
     }
 
     #[test]

@@ -238,6 +238,9 @@ pub struct Log {
     /// Offsets below this are deleted for readers (DeleteRecords), even where
     /// a segment still holds them; 0 when never set.
     start_floor: i64,
+    /// Grows whenever the log is cut (truncation): a compaction pass
+    /// planned before refuses to swap in what it built from the old bytes.
+    pub(crate) truncations: u64,
 }
 
 impl Log {
@@ -341,6 +344,7 @@ impl Log {
             hw,
             hw_checkpointed: hw,
             start_floor,
+            truncations: 0,
         };
         log.recover_producers(snapshots)?;
         log.recover_epochs()?;
@@ -694,6 +698,8 @@ impl Log {
         if self.start_floor > offset {
             self.save_start_floor(offset)?;
         }
+        self.truncations += 1;
+        self.clamp_cleaned_to(offset)?;
         info!(dir = %self.dir.display(), offset, "log emptied, continuing at offset");
         Ok(())
     }
@@ -706,6 +712,8 @@ impl Log {
         if self.start_floor > end {
             self.save_start_floor(end)?;
         }
+        self.truncations += 1;
+        self.clamp_cleaned_to(end)?;
         if self.epochs.truncate_from_end(end) {
             self.epochs.save(&self.dir)?;
         }
@@ -1115,9 +1123,10 @@ impl Log {
             }
             let by_bytes =
                 limits.retention_bytes >= 0 && total - seg.size as i64 >= limits.retention_bytes;
+            // An empty segment (one compaction emptied) holds nothing to keep.
             let by_time = limits.retention_ms >= 0
-                && seg.max_timestamp >= 0
-                && now_ms - seg.max_timestamp > limits.retention_ms;
+                && (seg.size == 0
+                    || seg.max_timestamp >= 0 && now_ms - seg.max_timestamp > limits.retention_ms);
             // Wholly below the floor: the next segment starts at or below it
             // (a compacted segment may end before the next one starts).
             let end = self
@@ -1832,20 +1841,25 @@ mod replication_tests {
         assert_eq!(follower.epoch_entries(), leader.epoch_entries());
         assert_eq!(follower.epoch_entries().len(), 3);
         assert_eq!(follower.producer_state(), leader.producer_state());
-        // A re-sent chunk is skipped; a gap is refused.
+        // A re-sent chunk is skipped; a batch further on (a hole compaction
+        // left in the leader's log) is taken, as Kafka's followers do.
         let again = leader
             .read_plan_to(0, i64::MAX)
             .unwrap()
             .read(500, true)
             .unwrap();
         assert!(follower.append_replica(&again, 1_000).unwrap().is_none());
-        let mut gap = Log::open(tempfile::tempdir().unwrap().path(), cfg(), 0).unwrap();
+        let gap_dir = tempfile::tempdir().unwrap();
+        let mut gap = Log::open(gap_dir.path(), cfg(), 0).unwrap();
         let later = leader
             .read_plan_to(40, i64::MAX)
             .unwrap()
             .read(500, true)
             .unwrap();
-        assert!(gap.append_replica(&later, 1_000).is_err());
+        let first = batch::parse_header(&later).unwrap();
+        let info = gap.append_replica(&later, 1_000).unwrap().unwrap();
+        assert_eq!(info.base_offset, first.base_offset);
+        assert!(gap.log_end_offset() > first.base_offset);
     }
 
     #[test]

@@ -33,6 +33,63 @@ pub fn decompress(codec: i16, data: Bytes) -> Result<Bytes, String> {
     out.map_err(|e| format!("cannot decompress: {e:#}"))
 }
 
+/// Like [`decompress`], for bytes from a client: refuses a section that
+/// would decompress to more than `limit` bytes before allocating it, so a
+/// small batch of compressed zeros cannot make the broker allocate
+/// gigabytes.
+pub fn decompress_limited(codec: i16, data: Bytes, limit: usize) -> Result<Bytes, String> {
+    use std::io::Read;
+    let too_big = || format!("the batch decompresses to more than {limit} bytes");
+    let bounded = |mut r: Box<dyn Read + '_>| -> Result<Bytes, String> {
+        let mut out = Vec::new();
+        (&mut r)
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("cannot decompress: {e}"))?;
+        if out.len() > limit {
+            return Err(too_big());
+        }
+        Ok(Bytes::from(out))
+    };
+    match codec {
+        NONE => Ok(data),
+        GZIP => bounded(Box::new(flate2::read::GzDecoder::new(&data[..]))),
+        ZSTD => bounded(Box::new(
+            zstd::stream::read::Decoder::new(&data[..])
+                .map_err(|e| format!("cannot decompress: {e}"))?,
+        )),
+        LZ4 => bounded(Box::new(
+            lz4::Decoder::new(&data[..]).map_err(|e| format!("cannot decompress: {e}"))?,
+        )),
+        SNAPPY => {
+            // Snappy blocks state their length up front: add them up first.
+            if snappy_len(&data).ok_or("cannot read the snappy lengths")? > limit {
+                return Err(too_big());
+            }
+            decompress(codec, data)
+        }
+        other => Err(format!("unknown compression codec {other}")),
+    }
+}
+
+/// The decompressed length of a snappy section: raw, or Kafka's (xerial)
+/// framing of length-prefixed raw blocks after a 16-byte header.
+fn snappy_len(data: &[u8]) -> Option<usize> {
+    const XERIAL: &[u8] = b"\x82SNAPPY\x00";
+    if !data.starts_with(XERIAL) {
+        return snap::raw::decompress_len(data).ok();
+    }
+    let mut rest = data.get(16..)?;
+    let mut total = 0usize;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let block = rest.get(4..4 + len)?;
+        total = total.checked_add(snap::raw::decompress_len(block).ok()?)?;
+        rest = &rest[4 + len..];
+    }
+    Some(total)
+}
+
 /// Compresses a records section with `codec`, appending to `out`.
 pub fn compress(codec: i16, plain: &[u8], out: &mut BytesMut) -> Result<(), String> {
     let put = |b: &mut BytesMut| {
@@ -75,6 +132,23 @@ mod tests {
             );
         }
         assert!(decompress(9, Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn a_bomb_is_refused_before_it_is_inflated() {
+        let zeros = vec![0u8; 8 << 20];
+        for codec in [GZIP, SNAPPY, LZ4, ZSTD] {
+            let mut out = BytesMut::new();
+            compress(codec, &zeros, &mut out).unwrap();
+            let packed = out.freeze();
+            assert!(packed.len() < 1 << 20, "codec {codec} packs zeros");
+            let err = decompress_limited(codec, packed.clone(), 1 << 20).unwrap_err();
+            assert!(err.contains("more than"), "codec {codec}: {err}");
+            assert_eq!(
+                decompress_limited(codec, packed, 16 << 20).unwrap().len(),
+                8 << 20
+            );
+        }
         assert!(decompress(ZSTD, Bytes::from_static(b"not zstd")).is_err());
     }
 }

@@ -265,18 +265,8 @@ impl ConsumerGroup {
         let full = hb.rebalance_timeout_ms != -1
             && (hb.subscribed_topic_names.is_some() || hb.subscribed_topic_regex.is_some())
             && hb.owned.is_some();
-        match hb.member_epoch {
-            -1 => return self.leave(&hb.member_id),
-            -2 => return self.leave_for_now(&hb.member_id, hb.instance_id.as_deref()),
-            0 => self.join(&hb, now)?,
-            epoch if epoch > 0 => self.check_epoch(&hb.member_id, epoch, hb.owned.as_ref())?,
-            other => {
-                return refuse(
-                    ResponseError::InvalidRequest,
-                    format!("member epoch {other}"),
-                )
-            }
-        }
+        // Checked before anything changes: a refused heartbeat leaves no
+        // half-joined member behind.
         let regex = match hb.subscribed_topic_regex.as_deref() {
             None => None,
             Some("") => Some(None),
@@ -296,6 +286,18 @@ impl ConsumerGroup {
                     ResponseError::UnsupportedAssignor,
                     format!("server assignor '{a}' is not one of uniform, range"),
                 );
+            }
+        }
+        match hb.member_epoch {
+            -1 => return self.leave(&hb.member_id),
+            -2 => return self.leave_for_now(&hb.member_id, hb.instance_id.as_deref()),
+            0 => self.join(&hb, now)?,
+            epoch if epoch > 0 => self.check_epoch(&hb.member_id, epoch, hb.owned.as_ref())?,
+            other => {
+                return refuse(
+                    ResponseError::InvalidRequest,
+                    format!("member epoch {other}"),
+                )
             }
         }
         let member = self

@@ -277,12 +277,17 @@ impl GroupCoordinator {
 
     /// JoinGroup.
     pub fn join(&self, group_id: &str, req: JoinRequest) -> Pending<JoinResult> {
-        if let Err(e) = self.claim_for_classic(group_id) {
-            return Pending::Ready(JoinResult::error(e, &req.member_id));
-        }
         let limits = self.config.limits();
         let now = self.now();
+        // Held while the classic group is made (lock order: consumer groups,
+        // then classic groups), so a first heartbeat cannot make a consumer
+        // group of the same id meanwhile.
+        let mut consumer = self.consumer.lock().expect("consumer groups lock");
+        if let Err(e) = Self::claim_for_classic(&mut consumer, group_id) {
+            return Pending::Ready(JoinResult::error(e, &req.member_id));
+        }
         let r = self.with_group(group_id, |g| g.join(req, &limits, now));
+        drop(consumer);
         self.persist_if_dirty(group_id);
         r
     }
@@ -747,22 +752,24 @@ impl GroupCoordinator {
     /// commit, whichever is later. Blocking.
     pub fn expire_offsets(&self, now_ms: i64) -> usize {
         let retention = self.config.offsets_retention_minutes * 60_000;
-        let active: Vec<String> = self
+        // One lock at a time: a heartbeat takes the consumer groups' lock,
+        // then the classic groups'.
+        let mut active: Vec<String> = self
             .groups
             .lock()
             .expect("groups lock")
             .iter()
             .filter(|(_, g)| !g.is_empty())
             .map(|(id, _)| id.clone())
-            .chain(
-                self.consumer
-                    .lock()
-                    .expect("consumer groups lock")
-                    .iter()
-                    .filter(|(_, g)| !g.is_empty())
-                    .map(|(id, _)| id.clone()),
-            )
             .collect();
+        active.extend(
+            self.consumer
+                .lock()
+                .expect("consumer groups lock")
+                .iter()
+                .filter(|(_, g)| !g.is_empty())
+                .map(|(id, _)| id.clone()),
+        );
         let empty_since = self.empty_since.lock().expect("empty lock").clone();
         let changes: Vec<OffsetChange> = self.store.read(|image| {
             image

@@ -10,6 +10,8 @@
 //! GROUP_ID_NOT_FOUND for a heartbeat, INCONSISTENT_GROUP_PROTOCOL for a
 //! JoinGroup (Kafka's online migration of live groups is not built).
 
+use std::collections::HashMap;
+
 use kafka_protocol::ResponseError;
 use tracing::info;
 
@@ -153,10 +155,13 @@ impl GroupCoordinator {
         }
     }
 
-    /// A JoinGroup for `group_id`: refused while it is a consumer group with
-    /// members; an empty one becomes a classic group.
-    pub(super) fn claim_for_classic(&self, group_id: &str) -> Result<(), ResponseError> {
-        let mut consumer = self.consumer.lock().expect("consumer groups lock");
+    /// A JoinGroup for `group_id` (with the consumer groups locked):
+    /// refused while it is a consumer group with members; an empty one
+    /// becomes a classic group.
+    pub(super) fn claim_for_classic(
+        consumer: &mut HashMap<String, ConsumerGroup>,
+        group_id: &str,
+    ) -> Result<(), ResponseError> {
         match consumer.get(group_id) {
             Some(g) if !g.is_empty() => Err(ResponseError::InconsistentGroupProtocol),
             Some(_) => {
