@@ -49,27 +49,6 @@ pub struct RemoteView {
     pub last_error: Option<String>,
 }
 
-/// What the log cleaner did to a compacted partition.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CompactionView {
-    /// Share of the cleanable bytes not compacted yet, at the last look.
-    pub dirty_ratio: f64,
-    /// The offset the log is compacted up to.
-    pub cleaned_to: i64,
-    /// Passes completed since the broker started.
-    pub passes: u64,
-    /// Bytes removed since the broker started.
-    pub bytes_reclaimed: u64,
-    /// Records removed since the broker started.
-    pub records_removed: u64,
-    /// When the last pass ended (ms since the epoch; 0: none yet).
-    pub last_pass_ms: i64,
-    /// How long the last pass took.
-    pub last_pass_duration_ms: u64,
-    /// Dirty bytes the last pass covered.
-    pub last_pass_dirty_bytes: u64,
-}
-
 /// A partition's hot and cold ranges.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartitionStatus {
@@ -97,7 +76,7 @@ pub struct PartitionStatus {
     /// Closed segments waiting for upload.
     pub offload_lag_segments: usize,
     /// The cleaner's progress (`cleanup.policy` with `compact`).
-    pub compaction: Option<CompactionView>,
+    pub compaction: Option<crate::cleaner::CleanerStatus>,
 }
 
 /// A broker of the cluster, as registered.
@@ -312,17 +291,9 @@ impl Broker {
             offload_lag_bytes: lag_bytes,
             offload_lag_segments: lag_segments,
             compaction: policy.compact.map(|_| {
-                let c = p.cleaner.lock().expect("cleaner lock").clone();
-                CompactionView {
-                    dirty_ratio: c.dirty_ratio,
-                    cleaned_to: p.with_log(|l| l.cleaned_to()),
-                    passes: c.passes,
-                    bytes_reclaimed: c.bytes_reclaimed,
-                    records_removed: c.records_removed,
-                    last_pass_ms: c.last_pass_ms,
-                    last_pass_duration_ms: c.last_pass_duration_ms,
-                    last_pass_dirty_bytes: c.last_pass_dirty_bytes,
-                }
+                let mut c = p.cleaner.lock().expect("cleaner lock").clone();
+                c.cleaned_to = p.with_log(|l| l.cleaned_to());
+                c
             }),
         }
     }

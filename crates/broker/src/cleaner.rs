@@ -22,8 +22,9 @@ use tracing::{info, warn};
 use crate::error::ApiError;
 use crate::state::{now_ms, Broker, Partition};
 
-/// What the cleaner did to a partition, for `/metrics` and `topic describe`.
-#[derive(Debug, Clone, Default)]
+/// What the cleaner did to a partition, for `/metrics`, `/v1/topics` and
+/// `strata topic describe`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct CleanerStatus {
     /// Share of the cleanable bytes not compacted yet, at the last look.
     pub dirty_ratio: f64,
@@ -37,7 +38,7 @@ pub struct CleanerStatus {
     pub records_removed: u64,
     /// When the last pass ended (ms since the epoch; 0: never).
     pub last_pass_ms: i64,
-    /// How long the last pass took, and the dirty bytes it covered.
+    /// How long the last pass took.
     pub last_pass_duration_ms: u64,
     /// Dirty bytes the last pass covered.
     pub last_pass_dirty_bytes: u64,

@@ -311,6 +311,30 @@ pub mod testing {
         idempotent_batch(n, value_len, ts, -1, -1, -1)
     }
 
+    /// A batch header (base offset 0, uncompressed, CreateTime, timestamps
+    /// `ts, ts+1, …`) over `n` encoded records, with its CRC.
+    fn assemble(n: i32, ts: i64, producer: (i64, i16, i32), records: Vec<u8>) -> Vec<u8> {
+        let (producer_id, epoch, base_sequence) = producer;
+        let mut b = Vec::new();
+        b.extend(0i64.to_be_bytes());
+        b.extend(((super::HEADER_LEN - 12 + records.len()) as i32).to_be_bytes());
+        b.extend(0i32.to_be_bytes());
+        b.push(2);
+        b.extend(0u32.to_be_bytes());
+        b.extend(0i16.to_be_bytes());
+        b.extend((n - 1).to_be_bytes());
+        b.extend(ts.to_be_bytes());
+        b.extend((ts + n as i64 - 1).to_be_bytes());
+        b.extend(producer_id.to_be_bytes());
+        b.extend(epoch.to_be_bytes());
+        b.extend(base_sequence.to_be_bytes());
+        b.extend(n.to_be_bytes());
+        b.extend(records);
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
     /// A record's key and value (`None`: null; a null value is a tombstone).
     pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
@@ -335,25 +359,7 @@ pub mod testing {
             put_varint(&mut body, r.len() as i64);
             body.extend(r);
         }
-        let n = records.len() as i32;
-        let mut b = Vec::new();
-        b.extend(0i64.to_be_bytes());
-        b.extend(((super::HEADER_LEN - 12 + body.len()) as i32).to_be_bytes());
-        b.extend(0i32.to_be_bytes());
-        b.push(2);
-        b.extend(0u32.to_be_bytes());
-        b.extend(0i16.to_be_bytes());
-        b.extend((n - 1).to_be_bytes());
-        b.extend(ts.to_be_bytes());
-        b.extend((ts + n as i64 - 1).to_be_bytes());
-        b.extend((-1i64).to_be_bytes());
-        b.extend((-1i16).to_be_bytes());
-        b.extend((-1i32).to_be_bytes());
-        b.extend(n.to_be_bytes());
-        b.extend(body);
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
+        assemble(records.len() as i32, ts, (-1, -1, -1), body)
     }
 
     /// Like [`batch`], from an idempotent producer.
@@ -378,24 +384,7 @@ pub mod testing {
             put_varint(&mut records, r.len() as i64);
             records.extend(r);
         }
-        let mut b = Vec::new();
-        b.extend(0i64.to_be_bytes());
-        b.extend(((super::HEADER_LEN - 12 + records.len()) as i32).to_be_bytes());
-        b.extend(0i32.to_be_bytes());
-        b.push(2);
-        b.extend(0u32.to_be_bytes());
-        b.extend(0i16.to_be_bytes());
-        b.extend((n - 1).to_be_bytes());
-        b.extend(ts.to_be_bytes());
-        b.extend((ts + n as i64 - 1).to_be_bytes());
-        b.extend(producer_id.to_be_bytes());
-        b.extend(epoch.to_be_bytes());
-        b.extend(base_sequence.to_be_bytes());
-        b.extend(n.to_be_bytes());
-        b.extend(records);
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
+        assemble(n, ts, (producer_id, epoch, base_sequence), records)
     }
 }
 
