@@ -337,6 +337,9 @@ def test_a_broker_is_drained_by_reassignment_while_producing(cluster_factory):
         accepted = admin.alter_partition_reassignments(moves)
         assert all(e is None for e in accepted.values()), accepted
         wait_until(lambda: not admin.list_partition_reassignments(), 90, "every reassignment done")
+        # Writes go on to the new replica sets too (and a quick move does
+        # not leave the history too short to judge).
+        wait_until(lambda: h.acknowledged >= 600, 60, "writes after the moves")
     finally:
         producer.stop()
     admin.close()
