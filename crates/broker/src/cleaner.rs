@@ -28,7 +28,8 @@ use crate::state::{now_ms, Broker, Partition};
 pub struct CleanerStatus {
     /// Share of the cleanable bytes not compacted yet, at the last look.
     pub dirty_ratio: f64,
-    /// The offset the log is compacted up to.
+    /// The offset the log is compacted up to (read from the log's
+    /// checkpoint when shown, so it is kept in one place).
     pub cleaned_to: i64,
     /// Passes completed.
     pub passes: u64,
@@ -119,7 +120,6 @@ pub fn clean_partition(broker: &Broker, p: &Partition, rate: &ByteRate) {
             // The broker-wide local byte count (appends meanwhile count themselves).
             p.track_size(reclaimed, 0);
             let mut st = p.cleaner.lock().expect("cleaner lock");
-            st.cleaned_to = stats.cleaned_to;
             st.passes += 1;
             st.bytes_reclaimed += reclaimed;
             st.records_removed += stats.records_removed;

@@ -43,8 +43,6 @@ pub type Topics = BTreeMap<String, (Uuid, i32)>;
 pub struct ConsumerLimits {
     /// `group.consumer.session.timeout.ms`.
     pub session_timeout_ms: i64,
-    /// `group.consumer.heartbeat.interval.ms`.
-    pub heartbeat_interval_ms: i32,
 }
 
 /// One ConsumerGroupHeartbeat (`None`: unchanged since the last).
@@ -757,7 +755,6 @@ mod tests {
 
     const LIMITS: ConsumerLimits = ConsumerLimits {
         session_timeout_ms: 45_000,
-        heartbeat_interval_ms: 5_000,
     };
 
     fn topics(spec: &[(&str, i32)]) -> Topics {

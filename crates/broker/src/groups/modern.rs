@@ -22,7 +22,6 @@ impl GroupCoordinator {
     fn consumer_limits(&self) -> ConsumerLimits {
         ConsumerLimits {
             session_timeout_ms: self.config.consumer_session_timeout_ms,
-            heartbeat_interval_ms: self.config.consumer_heartbeat_interval_ms,
         }
     }
 
