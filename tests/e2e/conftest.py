@@ -24,6 +24,7 @@ from e2e_support import create_topic as _create_topic
 
 LISTENING_RE = re.compile(r"^kafka listening on (127\.\d+\.\d+\.\d+):(\d+)$")
 HTTP_RE = re.compile(r"^http listening on (127\.\d+\.\d+\.\d+):(\d+)$")
+LISTENER_RE = re.compile(r"^kafka listener (\S+) \(\w+\) on (127\.\d+\.\d+\.\d+):(\d+)$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 
@@ -51,12 +52,21 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"unsupported TOML value {value!r}")
 
 
+def _is_tables(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
 def to_toml(config: dict[str, Any]) -> str:  # noqa: D103
-    lines = [f"{k} = {_toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    lines = [f"{k} = {_toml_value(v)}" for k, v in config.items()
+             if not isinstance(v, dict) and not _is_tables(v)]
     for section, table in config.items():
         if isinstance(table, dict):
             lines.append(f"\n[{section}]")
             lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        elif _is_tables(table):
+            for t in table:
+                lines.append(f"\n[[{section}]]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in t.items())
     return "\n".join(lines) + "\n"
 
 
@@ -86,6 +96,8 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.http_port: int | None = None
+        # Every listener's bound port by name (`default` is `port`).
+        self.listener_ports: dict[str, int] = {}
         self.starts = 0
         self._exit_expected = False
         self._stdout_thread: threading.Thread | None = None
@@ -155,6 +167,9 @@ class Broker:
                     h = HTTP_RE.match(line)
                     if h:
                         self.http_port = int(h.group(2))
+                    lm = LISTENER_RE.match(line)
+                    if lm:
+                        self.listener_ports[lm.group(1)] = int(lm.group(3))
                     m = LISTENING_RE.match(line)
                     if m:
                         found["port"] = int(m.group(2))
@@ -169,6 +184,10 @@ class Broker:
         """Base URL of the broker's HTTP API."""
         assert self.http_port is not None, "no 'http listening on' line seen"
         return f"http://{self.host}:{self.http_port}"
+
+    def listener(self, name: str) -> str:
+        """`host:port` of the named listener."""
+        return f"{self.host}:{self.listener_ports[name]}"
 
     @property
     def bootstrap(self) -> str:

@@ -8,6 +8,7 @@
 //! ISR; the admin routes answer 503 until the broker is open.
 
 pub mod api;
+pub mod auth;
 pub mod metrics;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,17 +34,24 @@ pub struct AdminState {
     stopping: AtomicBool,
     prometheus: Option<PrometheusHandle>,
     started: Instant,
+    http_auth: auth::HttpAuth,
 }
 
 impl AdminState {
     /// State for a process that is starting. `prometheus` renders `/metrics`.
     pub fn new(prometheus: Option<PrometheusHandle>) -> Arc<Self> {
+        Self::with_auth(prometheus, auth::HttpAuth::default())
+    }
+
+    /// State whose admin routes require what `http_auth` says.
+    pub fn with_auth(prometheus: Option<PrometheusHandle>, http_auth: auth::HttpAuth) -> Arc<Self> {
         Arc::new(Self {
             broker: OnceLock::new(),
             kafka_up: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             prometheus,
             started: Instant::now(),
+            http_auth,
         })
     }
 
@@ -121,6 +129,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 "no such endpoint: see docs/admin-api.md for the routes",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .with_state(state)
 }
 
@@ -176,6 +188,84 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
             Json(json!({"status": "not ready", "reasons": reasons})),
         )
             .into_response()
+    }
+}
+
+/// Serves `router(state)` over HTTPS on `listener` until `shutdown` fires.
+/// Handshakes run in their own tasks, so a slow client holds up nobody.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) {
+    let local = listener.local_addr();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let stop = shutdown.clone();
+    let acceptor = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "https accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let tls = tls.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp));
+                match handshake.await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send((s, peer)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "https handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "https handshake timed out"),
+                }
+            });
+        }
+    });
+    let listener = TlsListener {
+        rx,
+        local: local.unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+    };
+    if let Err(e) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        warn!(error = %e, "https listener failed");
+    }
+    acceptor.abort();
+}
+
+/// Finished TLS handshakes, as axum's listener.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The acceptor stopped (shutdown): wait for the graceful end.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

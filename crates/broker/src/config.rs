@@ -39,6 +39,10 @@ pub struct BrokerConfig {
     pub advertised_listener: String,
     /// Address of the HTTP listener (health).
     pub http_listen: String,
+    /// More Kafka listeners, each with its own security protocol.
+    pub listeners: Vec<crate::security::ListenerConfig>,
+    /// Authentication and authorization.
+    pub auth: crate::security::AuthConfig,
     /// Create a topic when a client asks Metadata for one that is missing.
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics and of CreateTopics with -1.
@@ -125,6 +129,8 @@ impl Default for BrokerConfig {
             kafka_listen: "127.0.0.1:9092".into(),
             advertised_listener: String::new(),
             http_listen: "127.0.0.1:9644".into(),
+            listeners: Vec::new(),
+            auth: crate::security::AuthConfig::default(),
             auto_create_topics: false,
             default_partitions: 1,
             socket_request_max_bytes: 100 * 1024 * 1024,
@@ -188,6 +194,16 @@ impl BrokerConfig {
         self
     }
 
+    /// Every Kafka listener: `default` from `kafka_listen`, then `[[listeners]]`.
+    pub fn kafka_listeners(&self) -> Result<Vec<crate::security::ListenerConfig>, String> {
+        crate::security::effective_listeners(
+            &self.kafka_listen,
+            &self.advertised_listener,
+            &self.listeners,
+            &self.auth,
+        )
+    }
+
     /// Checks values that types cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id < 0 {
@@ -205,6 +221,7 @@ impl BrokerConfig {
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
         }
+        self.kafka_listeners()?;
         self.groups.validate()?;
         self.tier.validate()?;
         self.lake.validate()?;

@@ -134,6 +134,7 @@ async fn run(broker: Arc<Broker>, leader: i32, f: Arc<Fetcher>) {
     let peers = Peers::new(
         broker.endpoints().bind,
         format!("{}{me}-fetcher", crate::cluster::PEER_CLIENT_PREFIX),
+        broker.peers.security().clone(),
     );
     let wait = Duration::from_millis(cfg.replica_fetch_wait_max_ms);
     let timeout = wait + Duration::from_millis(cfg.etcd_request_timeout_ms.max(5_000));

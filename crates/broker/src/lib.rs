@@ -23,6 +23,7 @@ pub mod peer;
 mod recompress;
 mod replicas;
 pub mod replication;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod tiering;

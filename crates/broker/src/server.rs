@@ -6,6 +6,14 @@
 //! frame, an unknown API key or an unsupported version (but ApiVersions, which
 //! is answered with UNSUPPORTED_VERSION as Kafka does). Every close is logged.
 //!
+//! Each listener has a security protocol. TLS listeners run the handshake
+//! before the first byte is read (a client certificate names the principal).
+//! On SASL listeners a connection may send only ApiVersions, SaslHandshake
+//! and SaslAuthenticate, in frames no larger than `auth.sasl_max_receive_bytes`,
+//! until it authenticates; anything else closes it. A failed authentication
+//! is answered after `auth.failed_authentication_delay_ms` and closes the
+//! connection.
+//!
 //! Shutdown: when the token is cancelled the listener stops accepting, readers
 //! stop reading new requests, writers finish the replies already in flight,
 //! and [`serve`] returns once every connection has ended or the deadline passed.
@@ -20,8 +28,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use kafka_protocol::ResponseError;
 use strata_wire::{encode_response, parse_request, Error as WireError, FrameDecoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +36,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::handlers::{self, Reply};
+use crate::security::sasl::{Outcome, SaslSession};
+use crate::security::{Identity, Listener};
 use crate::state::Broker;
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Replies a connection may have in flight before its reader waits.
 const MAX_IN_FLIGHT: usize = 128;
@@ -60,8 +72,14 @@ fn api_name(api_key: ApiKey) -> &'static str {
     crate::error::static_name(1, api_key as i16, || format!("{api_key:?}"))
 }
 
-/// Serves Kafka clients on `listener` until `shutdown` is cancelled.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: CancellationToken) {
+/// Serves Kafka clients on `listener`, secured as `security` says, until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    security: Arc<Listener>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(broker.config().max_connections));
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
@@ -79,8 +97,9 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
                 backoff = Duration::from_millis(5);
                 let broker = broker.clone();
                 let shutdown = shutdown.clone();
+                let security = security.clone();
                 tracker.spawn(async move {
-                    connection(broker, stream, peer, shutdown).await;
+                    accept(broker, stream, peer, security, shutdown).await;
                     drop(permit);
                 });
             }
@@ -106,39 +125,135 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: Cancell
     }
 }
 
-async fn connection(
+/// Runs the TLS handshake where the listener asks for it, then serves the connection.
+async fn accept(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
+    security: Arc<Listener>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     metrics::counter!("strata_connections_accepted_total").increment(1);
     metrics::gauge!("strata_connections").increment(1.0);
     let _open = scopeguard(|| metrics::gauge!("strata_connections").decrement(1.0));
-    debug!(%peer, "connection opened");
-    let (mut rd, wr) = stream.into_split();
+    let anonymous = Arc::new(strata_auth::Principal::anonymous());
+    match &security.tls {
+        None => {
+            let (rd, wr) = stream.into_split();
+            connection(broker, rd, wr, peer, security, anonymous, shutdown).await;
+        }
+        Some(tls) => {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics::counter!("strata_tls_handshake_failures_total", "listener" => security.config.name.clone()).increment(1);
+                    warn!(%peer, listener = %security.config.name, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("strata_tls_handshake_failures_total", "listener" => security.config.name.clone()).increment(1);
+                    warn!(%peer, listener = %security.config.name, "TLS handshake timed out");
+                    return;
+                }
+            };
+            // With client certificates the subject is the principal (SASL,
+            // where the listener has it, authenticates the user instead).
+            let principal = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::security::tls::certificate_principal(c))
+                .map_or(anonymous, Arc::new);
+            let (rd, wr) = tokio::io::split(tls);
+            connection(broker, rd, wr, peer, security, principal, shutdown).await;
+        }
+    }
+}
+
+/// One connection's authentication state.
+struct Session {
+    listener: Arc<Listener>,
+    identity: Identity,
+    /// `None` on listeners without SASL.
+    sasl: Option<SaslSession>,
+    /// Whether requests other than the SASL ones may be served.
+    authenticated: bool,
+}
+
+/// What the reader does after a request.
+enum Next {
+    /// Queue this reply and read on.
+    Send(Outgoing),
+    /// Queue this reply, then close.
+    SendAndClose(Outgoing),
+    /// Close now.
+    Close,
+}
+
+async fn connection<R, W>(
+    broker: Arc<Broker>,
+    mut rd: R,
+    wr: W,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    principal: Arc<strata_auth::Principal>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    debug!(%peer, listener = %listener.config.name, "connection opened");
+    let sasl_required = listener.config.protocol.sasl();
+    let mut session = Session {
+        identity: Identity {
+            principal,
+            host: peer.ip(),
+            listener: Arc::from(listener.config.name.as_str()),
+        },
+        sasl: sasl_required.then(|| SaslSession::new(listener.mechanisms.clone(), listener.reauth)),
+        authenticated: !sasl_required,
+        listener,
+    };
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_loop(wr, rx, peer));
-    let decoder = FrameDecoder::new(broker.config().socket_request_max_bytes);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let full = broker.config().socket_request_max_bytes;
+    let mut decoder = FrameDecoder::new(if session.authenticated {
+        full
+    } else {
+        session.listener.unauthenticated_max_bytes.min(full)
+    });
+    let mut buf = BytesMut::with_capacity(if session.authenticated {
+        64 * 1024
+    } else {
+        4096
+    });
     'conn: loop {
         loop {
             let frame = match decoder.decode(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    warn!(%peer, error = %e, "closing connection: bad frame");
+                    warn!(%peer, authenticated = session.authenticated, error = %e, "closing connection: bad frame");
                     break 'conn;
                 }
             };
-            match dispatch(&broker, frame, peer).await {
-                Some(out) => {
+            let was_authenticated = session.authenticated;
+            match dispatch(&broker, frame, peer, &mut session).await {
+                Next::Send(out) => {
                     if tx.send(out).await.is_err() {
                         break 'conn;
                     }
                 }
-                None => break 'conn,
+                Next::SendAndClose(out) => {
+                    let _ = tx.send(out).await;
+                    break 'conn;
+                }
+                Next::Close => break 'conn,
+            }
+            if session.authenticated && !was_authenticated {
+                decoder = FrameDecoder::new(full);
             }
         }
         let read = tokio::select! {
@@ -164,8 +279,73 @@ async fn connection(
     debug!(%peer, "connection closed");
 }
 
-/// Decodes and applies one request. `None` closes the connection.
-async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Option<Outgoing> {
+/// Answers SaslHandshake and SaslAuthenticate from the connection's session.
+async fn sasl_request(
+    broker: &Arc<Broker>,
+    session: &mut Session,
+    request: kafka_protocol::messages::RequestKind,
+    peer: SocketAddr,
+) -> (ResponseKind, bool) {
+    use kafka_protocol::messages::RequestKind as R;
+    let listener = session.listener.config.name.clone();
+    let Some(sasl) = session.sasl.as_mut() else {
+        // Kafka answers SASL requests on a listener without SASL with ILLEGAL_SASL_STATE.
+        return match request {
+            R::SaslHandshake(_) => {
+                let mut r = kafka_protocol::messages::SaslHandshakeResponse::default();
+                r.error_code = ResponseError::IllegalSaslState.code();
+                (ResponseKind::SaslHandshake(r), true)
+            }
+            _ => {
+                let mut r = kafka_protocol::messages::SaslAuthenticateResponse::default();
+                r.error_code = ResponseError::IllegalSaslState.code();
+                (ResponseKind::SaslAuthenticate(r), true)
+            }
+        };
+    };
+    match request {
+        R::SaslHandshake(r) => {
+            let resp = sasl.handshake(&r.mechanism);
+            let close = resp.error_code != 0;
+            if close {
+                warn!(%peer, %listener, mechanism = %r.mechanism.as_str(), "SASL mechanism not offered");
+            }
+            (ResponseKind::SaslHandshake(resp), close)
+        }
+        R::SaslAuthenticate(r) => {
+            let image = broker.image();
+            let (resp, outcome) = sasl.authenticate(&r.auth_bytes, Instant::now(), |u, m| {
+                image.security.credential(u, m).cloned()
+            });
+            match outcome {
+                Outcome::Continue => (ResponseKind::SaslAuthenticate(resp), false),
+                Outcome::Authenticated(p) => {
+                    metrics::counter!("strata_authentications_total", "listener" => listener.clone(), "result" => "success").increment(1);
+                    debug!(%peer, %listener, principal = %p, "authenticated");
+                    session.identity.principal = Arc::new(p);
+                    session.authenticated = true;
+                    (ResponseKind::SaslAuthenticate(resp), false)
+                }
+                Outcome::Failed { reason, user } => {
+                    metrics::counter!("strata_authentications_total", "listener" => listener.clone(), "result" => "failure").increment(1);
+                    warn!(%peer, %listener, user = user.as_deref().unwrap_or("-"), %reason, "authentication failed");
+                    // Slows a client guessing passwords; the connection closes after.
+                    tokio::time::sleep(session.listener.failure_delay).await;
+                    (ResponseKind::SaslAuthenticate(resp), true)
+                }
+            }
+        }
+        _ => unreachable!("only SASL requests come here"),
+    }
+}
+
+/// Decodes and applies one request.
+async fn dispatch(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+    peer: SocketAddr,
+    session: &mut Session,
+) -> Next {
     let started = Instant::now();
     let request = match parse_request(frame, handlers::supported_versions) {
         Ok(r) => r,
@@ -179,18 +359,19 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
             debug!(%peer, version, "ApiVersions version unsupported; answering v0");
             let mut resp = handlers::api_versions();
             resp.error_code = ResponseError::UnsupportedVersion.code();
-            let bytes = encode_response(
+            return match encode_response(
                 ApiKey::ApiVersions,
                 0,
                 correlation_id,
                 &ResponseKind::ApiVersions(resp),
-            )
-            .ok()?;
-            return Some(Outgoing::Ready(bytes));
+            ) {
+                Ok(bytes) => Next::Send(Outgoing::Ready(bytes)),
+                Err(_) => Next::Close,
+            };
         }
         Err(e) => {
             warn!(%peer, error = %e, "closing connection: request cannot be answered");
-            return None;
+            return Next::Close;
         }
     };
     let api_key = request.api_key;
@@ -205,15 +386,47 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
     // One span per request: every event a handler logs carries the API,
     // version and client.
     let span = tracing::info_span!("request", api = api_name(api_key), version, client_id = %client_id, %peer);
+    let is_sasl = matches!(api_key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate);
+    if is_sasl {
+        let (body, close) = sasl_request(broker, session, request.body, peer)
+            .instrument(span)
+            .await;
+        return match finish(
+            api_key,
+            version,
+            correlation_id,
+            Reply::Now(body),
+            started,
+            peer,
+        ) {
+            Some(b) if close => Next::SendAndClose(Outgoing::Ready(b)),
+            Some(b) => Next::Send(Outgoing::Ready(b)),
+            None => Next::Close,
+        };
+    }
+    if !session.authenticated && api_key != ApiKey::ApiVersions {
+        metrics::counter!("strata_unauthenticated_requests_total", "listener" => session.listener.config.name.clone()).increment(1);
+        warn!(%peer, listener = %session.listener.config.name, api = api_name(api_key), "closing connection: request before authentication");
+        return Next::Close;
+    }
+    if session
+        .sasl
+        .as_ref()
+        .is_some_and(|s| s.expired(Instant::now()))
+    {
+        warn!(%peer, principal = %session.identity.principal, "closing connection: SASL session expired without re-authentication");
+        return Next::Close;
+    }
     let ctx = handlers::RequestContext {
         version,
         client_id,
         peer,
+        identity: session.identity.clone(),
     };
     let reply = handlers::handle(broker, &ctx, request.body)
         .instrument(span)
         .await;
-    match reply {
+    let out = match reply {
         Reply::Later(fut) => Some(Outgoing::Pending {
             api_key,
             version,
@@ -229,6 +442,10 @@ async fn dispatch(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Optio
             started,
         }),
         now => finish(api_key, version, correlation_id, now, started, peer).map(Outgoing::Ready),
+    };
+    match out {
+        Some(o) => Next::Send(o),
+        None => Next::Close,
     }
 }
 
@@ -281,7 +498,11 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    wr: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    peer: SocketAddr,
+) {
     let mut out = BufWriter::with_capacity(64 * 1024, wr);
     while let Some(next) = rx.recv().await {
         let bytes = match next {

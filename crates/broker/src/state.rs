@@ -829,6 +829,8 @@ pub struct Broker {
     pub(crate) loading_offsets: Mutex<std::collections::HashSet<i32>>,
     /// Cancelled when the broker closes: ends its metadata tasks.
     pub(crate) stopping: CancellationToken,
+    /// ACL enforcement.
+    authorizer: crate::security::Authorizer,
 }
 
 /// Where this broker is reached, as it registers itself.
@@ -843,6 +845,9 @@ pub struct Endpoints {
     /// The local address outgoing connections (to etcd, to other brokers)
     /// are bound to, when the listener binds a specific one.
     pub bind: Option<IpAddr>,
+    /// Advertised `host:port` of every Kafka listener by name (`host` and
+    /// `port` are the inter-broker listener's).
+    pub listeners: std::collections::BTreeMap<String, String>,
 }
 
 /// Producer ids reserved from the metadata store at a time.
@@ -894,6 +899,7 @@ impl Broker {
             http: endpoints.http.clone(),
             incarnation: identity.incarnation,
             shutting_down: false,
+            listeners: endpoints.listeners.clone(),
             epoch: 0,
         };
         let (store, file_store): (Arc<dyn MetadataStore>, Option<Arc<FileStore>>) =
@@ -937,7 +943,13 @@ impl Broker {
             disk: crate::tiering::DiskGuard::default(),
             metadata_version: std::sync::atomic::AtomicU64::new(1),
             lake: strata_lake::Lake::new(config.lake.clone(), tier.clone()),
-            peers: crate::peer::Peers::new(bind, format!("strata-broker-{node_id}")),
+            peers: crate::peer::Peers::new(
+                bind,
+                format!("strata-broker-{node_id}"),
+                crate::peer::PeerSecurity::from_config(&config)
+                    .map_err(|e| anyhow::anyhow!("inter-broker security: {e}"))?,
+            ),
+            authorizer: crate::security::Authorizer::new(&config.auth),
             fetchers: crate::fetcher::Fetchers::default(),
             loading_offsets: Mutex::new(Default::default()),
             stopping: CancellationToken::new(),
@@ -956,6 +968,7 @@ impl Broker {
                     broker: Arc::downgrade(&broker),
                 }));
         }
+        crate::security::users::bootstrap(&broker).await?;
         let b = broker.clone();
         let img = image.clone();
         tokio::task::spawn_blocking(move || b.remove_stale_dirs(&img)).await??;
@@ -1114,6 +1127,11 @@ impl Broker {
     /// Host and port given to clients.
     pub fn advertised(&self) -> (String, i32) {
         (self.endpoints.host.clone(), self.endpoints.port)
+    }
+
+    /// ACL enforcement.
+    pub fn authorizer(&self) -> &crate::security::Authorizer {
+        &self.authorizer
     }
 
     /// Where this broker is reached.

@@ -578,6 +578,7 @@ mod tests {
             http: String::new(),
             incarnation: Uuid::nil(),
             shutting_down: false,
+            listeners: Default::default(),
             epoch,
         }
     }

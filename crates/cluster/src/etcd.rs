@@ -41,6 +41,8 @@ use etcd_client::{
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use strata_auth::acl::AclBinding;
+use strata_auth::scram::{Mechanism, ScramCredential};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -86,6 +88,12 @@ impl Keys {
     fn producer_ids(&self) -> String {
         format!("{}producer-ids/next", self.prefix)
     }
+    fn scram(&self, user: &str, mechanism: Mechanism) -> String {
+        format!("{}users/{}/{user}", self.prefix, mechanism.name())
+    }
+    fn acl(&self, binding: &AclBinding) -> String {
+        format!("{}acls/{}", self.prefix, binding.id())
+    }
 }
 
 /// A key of the layout, parsed.
@@ -96,6 +104,8 @@ enum Key<'a> {
     Controller,
     Topic(&'a str),
     Partition(TopicPartition),
+    Scram(Mechanism, &'a str),
+    Acl(&'a str),
     Other,
 }
 
@@ -114,6 +124,16 @@ fn parse_key<'a>(keys: &Keys, key: &'a str) -> Key<'a> {
     }
     if let Some(name) = rest.strip_prefix("topics/") {
         return Key::Topic(name);
+    }
+    if let Some(u) = rest.strip_prefix("users/") {
+        if let Some((m, user)) = u.split_once('/') {
+            if let Some(m) = Mechanism::from_name(m) {
+                return Key::Scram(m, user);
+            }
+        }
+    }
+    if let Some(id) = rest.strip_prefix("acls/") {
+        return Key::Acl(id);
     }
     if let Some(p) = rest.strip_prefix("partitions/") {
         if let Some((id, index)) = p.split_once('/') {
@@ -189,6 +209,31 @@ fn apply_kv(keys: &Keys, img: &mut ClusterImage, key: &str, kv: Option<&KeyValue
                 }
                 None => {
                     img.partitions.remove(&p);
+                }
+            }
+        }
+        Key::Scram(mechanism, user) => {
+            let op = match parse("SCRAM credential")
+                .and_then(|v| serde_json::from_value::<ScramCredential>(v).ok())
+            {
+                Some(credential) => MetaOp::PutScram {
+                    user: user.to_string(),
+                    credential,
+                },
+                None => MetaOp::DeleteScram {
+                    user: user.to_string(),
+                    mechanism,
+                },
+            };
+            img.security.apply(&op);
+        }
+        Key::Acl(id) => {
+            match parse("ACL").and_then(|v| serde_json::from_value::<AclBinding>(v).ok()) {
+                Some(binding) => {
+                    img.security.acls.insert(id.to_string(), binding);
+                }
+                None => {
+                    img.security.acls.remove(id);
                 }
             }
         }
@@ -768,6 +813,19 @@ impl EtcdStore {
                         }
                     });
                     puts.push(TxnOp::put(key, json(state), None));
+                }
+                MetaOp::PutScram { user, credential } => {
+                    let key = self.keys.scram(user, credential.mechanism);
+                    puts.push(TxnOp::put(key, json(credential), None));
+                }
+                MetaOp::DeleteScram { user, mechanism } => {
+                    puts.push(TxnOp::delete(self.keys.scram(user, *mechanism), None));
+                }
+                MetaOp::PutAcl { binding } => {
+                    puts.push(TxnOp::put(self.keys.acl(binding), json(binding), None));
+                }
+                MetaOp::DeleteAcl { binding } => {
+                    puts.push(TxnOp::delete(self.keys.acl(binding), None));
                 }
             }
         }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::model::{
     new_cluster_id, BrokerId, BrokerRegistration, ClusterImage, ControllerInfo, Expect, Fence,
-    MetaOp, PartitionState, TopicPartition, TopicRecord, Versioned,
+    MetaOp, PartitionState, SecurityImage, TopicPartition, TopicRecord, Versioned,
 };
 use crate::store::{MetadataStore, Result, Session, StoreError};
 
@@ -54,6 +54,8 @@ pub struct FileImage {
     next_producer_id: i64,
     #[serde(default)]
     revision: i64,
+    #[serde(default)]
+    security: SecurityImage,
 }
 
 impl FileImage {
@@ -160,6 +162,7 @@ impl FileImage {
             }),
             topics,
             partitions,
+            security: self.security.clone(),
         }
     }
 
@@ -250,6 +253,10 @@ impl FileImage {
                         t.states.push(state.clone());
                     }
                 }
+                MetaOp::PutScram { .. }
+                | MetaOp::DeleteScram { .. }
+                | MetaOp::PutAcl { .. }
+                | MetaOp::DeleteAcl { .. } => self.security.apply(op),
             }
         }
         self.revision += 1;
@@ -423,6 +430,7 @@ mod tests {
             http: String::new(),
             incarnation: Uuid::nil(),
             shutting_down: false,
+            listeners: Default::default(),
             epoch: 0,
         }
     }

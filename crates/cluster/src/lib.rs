@@ -25,6 +25,6 @@ pub mod store;
 pub use config::ClusterConfig;
 pub use model::{
     BrokerId, BrokerRegistration, ClusterImage, ControllerInfo, Expect, Fence, MetaOp,
-    PartitionState, TopicPartition, TopicRecord, Versioned, NO_LEADER,
+    PartitionState, SecurityImage, TopicPartition, TopicRecord, Versioned, NO_LEADER,
 };
 pub use store::{MetadataStore, Result, Session, SessionState, StoreError};

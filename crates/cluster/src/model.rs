@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use strata_auth::acl::AclBinding;
+use strata_auth::scram::{Mechanism, ScramCredential};
 use uuid::Uuid;
 
 /// A broker's id (`broker.id`, `node.id` in Kafka).
@@ -40,10 +42,32 @@ pub struct BrokerRegistration {
     /// leaderships away.
     #[serde(default)]
     pub shutting_down: bool,
+    /// Advertised `host:port` of each Kafka listener by name; `host` and
+    /// `port` above are the inter-broker listener's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, String>,
     /// The broker epoch: the store revision that created this registration.
     /// A restarted broker has a new one (KIP-380).
     #[serde(skip)]
     pub epoch: i64,
+}
+
+impl BrokerRegistration {
+    /// Where clients of listener `name` reach this broker: that listener's
+    /// advertised address, or `host:port` when it has no such listener
+    /// (brokers registered before listeners had names).
+    pub fn endpoint(&self, name: &str) -> (String, i32) {
+        self.listeners
+            .get(name)
+            .and_then(|a| {
+                let (h, p) = a.rsplit_once(':')?;
+                Some((
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    p.parse().ok()?,
+                ))
+            })
+            .unwrap_or_else(|| (self.host.clone(), self.port))
+    }
 }
 
 /// Which broker is controller, and since when.
@@ -168,6 +192,53 @@ pub struct ClusterImage {
     pub topics: BTreeMap<String, TopicRecord>,
     /// Partition states.
     pub partitions: HashMap<TopicPartition, Versioned<PartitionState>>,
+    /// SCRAM credentials and ACLs.
+    pub security: SecurityImage,
+}
+
+/// Users' SCRAM credentials and the ACLs, cluster-wide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityImage {
+    /// Credentials by user, then mechanism.
+    #[serde(default)]
+    pub users: BTreeMap<String, BTreeMap<Mechanism, ScramCredential>>,
+    /// ACLs by [`AclBinding::id`].
+    #[serde(default)]
+    pub acls: BTreeMap<String, AclBinding>,
+}
+
+impl SecurityImage {
+    /// Applies a security op; other ops are not its business.
+    pub fn apply(&mut self, op: &MetaOp) {
+        match op {
+            MetaOp::PutScram { user, credential } => {
+                self.users
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(credential.mechanism, credential.clone());
+            }
+            MetaOp::DeleteScram { user, mechanism } => {
+                if let Some(creds) = self.users.get_mut(user) {
+                    creds.remove(mechanism);
+                    if creds.is_empty() {
+                        self.users.remove(user);
+                    }
+                }
+            }
+            MetaOp::PutAcl { binding } => {
+                self.acls.insert(binding.id(), binding.clone());
+            }
+            MetaOp::DeleteAcl { binding } => {
+                self.acls.remove(&binding.id());
+            }
+            _ => {}
+        }
+    }
+
+    /// A user's credential for `mechanism`.
+    pub fn credential(&self, user: &str, mechanism: Mechanism) -> Option<&ScramCredential> {
+        self.users.get(user)?.get(&mechanism)
+    }
 }
 
 impl ClusterImage {
@@ -273,6 +344,30 @@ pub enum MetaOp {
         state: PartitionState,
         /// What the current state must be.
         expect: Expect,
+    },
+    /// Sets a user's SCRAM credential for its mechanism.
+    PutScram {
+        /// The user.
+        user: String,
+        /// The credential.
+        credential: ScramCredential,
+    },
+    /// Removes a user's credential for a mechanism.
+    DeleteScram {
+        /// The user.
+        user: String,
+        /// The mechanism.
+        mechanism: Mechanism,
+    },
+    /// Stores an ACL (storing it twice is storing it once).
+    PutAcl {
+        /// The ACL.
+        binding: AclBinding,
+    },
+    /// Removes an ACL.
+    DeleteAcl {
+        /// The ACL.
+        binding: AclBinding,
     },
 }
 

@@ -228,6 +228,7 @@ mod tests {
                             http: String::new(),
                             incarnation: Uuid::nil(),
                             shutting_down: false,
+                            listeners: Default::default(),
                             epoch: 100 + b as i64,
                         },
                     )

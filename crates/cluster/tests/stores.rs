@@ -35,6 +35,7 @@ fn registration(id: i32, incarnation: Uuid) -> BrokerRegistration {
         http: String::new(),
         incarnation,
         shutting_down: false,
+        listeners: Default::default(),
         epoch: 0,
     }
 }

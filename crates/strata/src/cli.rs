@@ -135,13 +135,61 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 struct Client {
     base: String,
     http: reqwest::Client,
+    auth: Option<String>,
+}
+
+/// Reads a secret from `$NAME`, or from the file `$NAME_FILE` names; never
+/// from the command line, where `ps` would show it.
+fn secret(name: &str) -> Result<Option<String>> {
+    if let Ok(v) = std::env::var(name) {
+        return Ok(Some(v));
+    }
+    match std::env::var(format!("{name}_FILE")) {
+        Ok(path) => Ok(Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {name}_FILE {path}"))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The `Authorization` header from the environment: `STRATA_ADMIN_TOKEN`
+/// (bearer), or `STRATA_ADMIN_USER` with `STRATA_ADMIN_PASSWORD` (Basic);
+/// each secret may come from a `_FILE` instead.
+fn credentials() -> Result<Option<String>> {
+    if let Some(token) = secret("STRATA_ADMIN_TOKEN")? {
+        return Ok(Some(format!("Bearer {token}")));
+    }
+    match (
+        std::env::var("STRATA_ADMIN_USER").ok(),
+        secret("STRATA_ADMIN_PASSWORD")?,
+    ) {
+        (Some(user), Some(password)) => {
+            use base64::Engine;
+            let pair =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            Ok(Some(format!("Basic {pair}")))
+        }
+        (Some(_), None) => bail!("STRATA_ADMIN_USER is set without STRATA_ADMIN_PASSWORD(_FILE)"),
+        _ => Ok(None),
+    }
 }
 
 impl Client {
     fn new(t: &Target) -> Self {
+        let auth = match credentials() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+        };
         Self {
             base: t.admin_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            auth,
         }
     }
 
@@ -153,6 +201,9 @@ impl Client {
     ) -> Result<Value> {
         let url = format!("{}/v1{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(a) = &self.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -220,33 +221,88 @@ fn split_host_port(addr: &str) -> Result<(String, i32)> {
     ))
 }
 
+/// A bound Kafka listener and where clients are told to connect.
+struct Bound {
+    tcp: TcpListener,
+    addr: SocketAddr,
+    advertised: (String, i32),
+    security: strata_broker::security::Listener,
+}
+
+/// Binds every Kafka listener and loads its TLS files, so a bad address,
+/// certificate or key is an error at start.
+async fn bind_listeners(config: &BrokerConfig) -> Result<Vec<Bound>> {
+    let mut bound = Vec::new();
+    for l in config.kafka_listeners().map_err(anyhow::Error::msg)? {
+        let tcp = TcpListener::bind(&l.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (listener '{}')", l.listen, l.name))?;
+        let addr = tcp.local_addr()?;
+        let advertised = match l.advertised.as_str() {
+            "" if addr.ip().is_unspecified() => {
+                bail!("listener '{}' binds every interface ({addr}): set its advertised address (--advertised-listener for the default one)", l.name)
+            }
+            "" => (addr.ip().to_string(), addr.port() as i32),
+            a => split_host_port(a)?,
+        };
+        let security =
+            strata_broker::security::Listener::new(l, &config.auth).map_err(anyhow::Error::msg)?;
+        bound.push(Bound {
+            tcp,
+            addr,
+            advertised,
+            security,
+        });
+    }
+    Ok(bound)
+}
+
 async fn serve(config: BrokerConfig) -> Result<()> {
-    let kafka = TcpListener::bind(&config.kafka_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (kafka_listen)", config.kafka_listen))?;
-    let kafka_addr: SocketAddr = kafka.local_addr()?;
+    let listeners = bind_listeners(&config).await?;
+    // Brokers reach each other on the inter-broker listener (the default
+    // one, or the first, unless auth.inter_broker_listener_name names one).
+    let inter_name = match config.auth.inter_broker_listener_name.as_str() {
+        "" => strata_broker::security::DEFAULT_LISTENER,
+        n => n,
+    };
+    let inter = listeners
+        .iter()
+        .find(|b| b.security.config.name == inter_name)
+        .unwrap_or(&listeners[0]);
+    let kafka_addr = inter.addr;
+    let (adv_host, adv_port) = inter.advertised.clone();
     let http = TcpListener::bind(&config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (http_listen)", config.http_listen))?;
     let http_addr = http.local_addr()?;
-    let (adv_host, adv_port) = match config.advertised_listener.as_str() {
-        "" if kafka_addr.ip().is_unspecified() => {
-            bail!("kafka_listen {kafka_addr} binds every interface: set --advertised-listener to the address clients should use")
-        }
-        "" => (kafka_addr.ip().to_string(), kafka_addr.port() as i32),
-        a => split_host_port(a)?,
-    };
 
     // HTTP first: /healthz answers and /readyz says why not ready while the
     // data directory is recovered.
     let prometheus = strata_admin::metrics::install_recorder().map_err(anyhow::Error::msg)?;
-    let admin = strata_admin::AdminState::new(Some(prometheus));
+    let http_auth =
+        strata_admin::auth::HttpAuth::from_config(&config.auth).map_err(anyhow::Error::msg)?;
+    let admin = strata_admin::AdminState::with_auth(Some(prometheus), http_auth);
     let http_shutdown = CancellationToken::new();
-    let http_task = tokio::spawn(strata_admin::serve(
-        http,
-        admin.clone(),
-        http_shutdown.clone(),
-    ));
+    let http_task = if config.auth.http_tls_cert_file.is_empty() {
+        tokio::spawn(strata_admin::serve(
+            http,
+            admin.clone(),
+            http_shutdown.clone(),
+        ))
+    } else {
+        let tls = strata_broker::security::tls::server_config(
+            &config.auth.http_tls_cert_file,
+            &config.auth.http_tls_key_file,
+            "",
+        )
+        .map_err(|e| anyhow::anyhow!("admin API TLS: {e}"))?;
+        tokio::spawn(strata_admin::serve_tls(
+            http,
+            tokio_rustls::TlsAcceptor::from(tls),
+            admin.clone(),
+            http_shutdown.clone(),
+        ))
+    };
     println!("http listening on {http_addr}");
 
     // Other brokers reach this one's HTTP API on the advertised host.
@@ -262,6 +318,18 @@ async fn serve(config: BrokerConfig) -> Result<()> {
         // Outgoing connections leave from the listener's own address, so a
         // firewall rule on that address cuts exactly this broker off.
         bind: (!kafka_addr.ip().is_unspecified()).then(|| kafka_addr.ip()),
+        listeners: listeners
+            .iter()
+            .map(|b| {
+                let (h, p) = &b.advertised;
+                let host = if h.contains(':') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
+                (b.security.config.name.clone(), format!("{host}:{p}"))
+            })
+            .collect(),
     };
     let data_dir = config.data_dir.clone();
     let broker = Broker::start(config, endpoints)
@@ -271,12 +339,29 @@ async fn serve(config: BrokerConfig) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let background = tokio::spawn(server::background(broker.clone(), shutdown.clone()));
-    let kafka_task = tokio::spawn(server::serve(broker.clone(), kafka, shutdown.clone()));
+    let mut kafka_tasks = Vec::new();
+    // Scripts and tests read these lines to learn the bound ports: one per
+    // listener, then "kafka listening on" the default one (or the first).
+    let main_addr = listeners
+        .iter()
+        .find(|b| b.security.config.name == strata_broker::security::DEFAULT_LISTENER)
+        .unwrap_or(&listeners[0])
+        .addr;
+    for b in listeners {
+        let name = b.security.config.name.clone();
+        let protocol = b.security.config.protocol;
+        println!("kafka listener {name} ({}) on {}", protocol.name(), b.addr);
+        info!(listener = %name, protocol = protocol.name(), bound = %b.addr, advertised = %format!("{}:{}", b.advertised.0, b.advertised.1), "kafka listener up");
+        kafka_tasks.push(tokio::spawn(server::serve(
+            broker.clone(),
+            b.tcp,
+            Arc::new(b.security),
+            shutdown.clone(),
+        )));
+    }
     admin.set_kafka_up(true);
-
-    // Scripts and tests read these lines to learn the bound ports.
-    println!("kafka listening on {kafka_addr}");
-    info!(kafka = %kafka_addr, advertised = %format!("{adv_host}:{adv_port}"), http = %http_addr, data_dir = %data_dir.display(), "strata is serving");
+    println!("kafka listening on {main_addr}");
+    info!(inter_broker = %kafka_addr, advertised = %format!("{adv_host}:{adv_port}"), http = %http_addr, data_dir = %data_dir.display(), "strata is serving");
 
     wait_for_signal().await;
     admin.set_stopping();
@@ -285,8 +370,10 @@ async fn serve(config: BrokerConfig) -> Result<()> {
     broker.controlled_shutdown().await;
     info!("shutting down: finishing in-flight requests");
     shutdown.cancel();
-    if let Err(e) = kafka_task.await {
-        warn!(error = %e, "kafka listener task failed");
+    for t in kafka_tasks {
+        if let Err(e) = t.await {
+            warn!(error = %e, "kafka listener task failed");
+        }
     }
     admin.set_kafka_up(false);
     let _ = background.await;

@@ -35,7 +35,9 @@ pub(super) struct FetchTarget {
 /// An ISR a follower may now join, to propose.
 pub(super) type IsrProposal = (Arc<Partition>, Vec<i32>);
 
-pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
+pub(super) fn fetch(broker: &Arc<Broker>, ctx: &super::RequestContext, req: FetchRequest) -> Reply {
+    let version = ctx.version;
+    let listener = ctx.identity.listener.clone();
     // Fetch sessions are refused correctly: a full fetch gets session id 0
     // (no session created, per KIP-227 the client keeps sending full fetches)
     // and an incremental fetch is told its session does not exist.
@@ -158,9 +160,10 @@ pub(super) fn fetch(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Re
                         .filter_map(|id| img.brokers.get(&id))
                         .map(|b| {
                             let mut n = NodeEndpoint::default();
+                            let (host, port) = b.endpoint(&listener);
                             n.node_id = BrokerId(b.id);
-                            n.host = sb(b.host.clone());
-                            n.port = b.port;
+                            n.host = sb(host);
+                            n.port = port;
                             n.rack = b.rack.clone().map(sb);
                             n
                         })

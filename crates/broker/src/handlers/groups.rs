@@ -51,9 +51,10 @@ const KEY_TYPE_GROUP: i8 = 0;
 /// so transaction coordinator lookups get an error.
 pub(crate) async fn find_coordinator(
     broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
     req: FindCoordinatorRequest,
-    version: i16,
 ) -> FindCoordinatorResponse {
+    let version = ctx.version;
     let keys = if version >= 4 {
         req.coordinator_keys.clone()
     } else {
@@ -67,9 +68,10 @@ pub(crate) async fn find_coordinator(
         if req.key_type == KEY_TYPE_GROUP {
             match broker.coordinator_for(&key).await {
                 Ok(b) => {
+                    let (host, port) = b.endpoint(&ctx.identity.listener);
                     c.node_id = BrokerId(b.id);
-                    c.host = sb(b.host);
-                    c.port = b.port;
+                    c.host = sb(host);
+                    c.port = port;
                 }
                 Err(e) => {
                     c.error_code = e.code();

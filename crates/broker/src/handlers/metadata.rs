@@ -76,9 +76,10 @@ fn topic_error(name: Option<&str>, id: Uuid, code: ResponseError) -> MetadataRes
 
 pub(super) async fn metadata(
     broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
     req: MetadataRequest,
-    version: i16,
 ) -> MetadataResponse {
+    let version = ctx.version;
     let mut resp = MetadataResponse::default();
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let all = match &req.topics {
@@ -121,9 +122,10 @@ pub(super) async fn metadata(
         .values()
         .map(|b| {
             let mut m = MetadataResponseBroker::default();
+            let (host, port) = b.endpoint(&ctx.identity.listener);
             m.node_id = BrokerId(b.id);
-            m.host = sb(b.host.clone());
-            m.port = b.port;
+            m.host = sb(host);
+            m.port = port;
             m.rack = b.rack.clone().map(sb);
             m
         })
@@ -168,6 +170,7 @@ pub(super) async fn metadata(
 
 pub(super) fn describe_cluster(
     broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
     req: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
     let img = broker.image();
@@ -185,9 +188,10 @@ pub(super) fn describe_cluster(
         .values()
         .map(|r| {
             let mut b = DescribeClusterBroker::default();
+            let (host, port) = r.endpoint(&ctx.identity.listener);
             b.broker_id = BrokerId(r.id);
-            b.host = sb(r.host.clone());
-            b.port = r.port;
+            b.host = sb(host);
+            b.port = port;
             b.rack = r.rack.clone().map(sb);
             b.is_fenced = false;
             b

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::state::{Broker, Partition, Topic};
 
+mod authorize;
 mod configs;
 mod consumer_groups;
 mod fetch;
@@ -38,6 +39,7 @@ mod metadata;
 mod produce;
 mod reassign;
 mod records;
+mod security;
 mod topics;
 
 pub(crate) use list_offsets::lookup_offset;
@@ -68,6 +70,8 @@ pub struct RequestContext {
     pub client_id: String,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The authenticated principal and the listener.
+    pub identity: crate::security::Identity,
 }
 
 /// The APIs Strata answers, with the highest version of each where it is
@@ -105,6 +109,15 @@ pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
     (ApiKey::DeleteRecords, None),
     (ApiKey::ConsumerGroupHeartbeat, None),
     (ApiKey::ConsumerGroupDescribe, None),
+    // v0 carries raw SASL tokens after the handshake; clients use v1 and
+    // SaslAuthenticate.
+    (ApiKey::SaslHandshake, Some(1)),
+    (ApiKey::SaslAuthenticate, None),
+    (ApiKey::CreateAcls, None),
+    (ApiKey::DescribeAcls, None),
+    (ApiKey::DeleteAcls, None),
+    (ApiKey::DescribeUserScramCredentials, None),
+    (ApiKey::AlterUserScramCredentials, None),
 ];
 
 /// Versions of `key` Strata answers, or `None` if it does not serve the API.
@@ -206,8 +219,21 @@ pub(crate) fn leader_hint(
         .map(|s| (s.value.leader, s.value.leader_epoch))
 }
 
-/// Dispatches one request.
+/// Dispatches one request, checking ACLs first when the authorizer is on.
 pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: RequestKind) -> Reply {
+    if !broker.authorizer().enabled() {
+        return serve(broker, ctx, request).await;
+    }
+    match authorize::gate(broker, ctx, request) {
+        authorize::Gate::Deny(resp) => Reply::Now(resp),
+        authorize::Gate::Pass(request, None) => serve(broker, ctx, request).await,
+        authorize::Gate::Pass(request, Some(patch)) => {
+            authorize::apply(serve(broker, ctx, request).await, patch)
+        }
+    }
+}
+
+async fn serve(broker: &Arc<Broker>, ctx: &RequestContext, request: RequestKind) -> Reply {
     use RequestKind as R;
     let version = ctx.version;
     // Topic changes from another broker were forwarded once already.
@@ -217,10 +243,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
     match request {
         R::ApiVersions(_) => Reply::Now(ResponseKind::ApiVersions(api_versions())),
         R::Metadata(r) => Reply::Now(ResponseKind::Metadata(
-            metadata::metadata(broker, r, version).await,
+            metadata::metadata(broker, ctx, r).await,
         )),
-        R::Produce(r) => produce::produce(broker, r, version).await,
-        R::Fetch(r) => fetch::fetch(broker, r, version),
+        R::Produce(r) => produce::produce(broker, ctx, r).await,
+        R::Fetch(r) => fetch::fetch(broker, ctx, r),
         R::ListOffsets(r) => {
             let b = broker.clone();
             Reply::Later(Box::pin(async move {
@@ -261,10 +287,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
             reassign::list_partition_reassignments(broker, r),
         )),
         R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
-            metadata::describe_cluster(broker, r),
+            metadata::describe_cluster(broker, ctx, r),
         )),
         R::FindCoordinator(r) => Reply::Now(ResponseKind::FindCoordinator(
-            groups::find_coordinator(broker, r, version).await,
+            groups::find_coordinator(broker, ctx, r).await,
         )),
         R::JoinGroup(r) => groups::join_group(broker, ctx, r),
         R::SyncGroup(r) => groups::sync_group(broker, ctx, r),
@@ -290,6 +316,21 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
         )),
         R::ConsumerGroupDescribe(r) => Reply::Now(ResponseKind::ConsumerGroupDescribe(
             consumer_groups::describe(broker, r),
+        )),
+        R::CreateAcls(r) => Reply::Now(ResponseKind::CreateAcls(
+            security::create_acls(broker, ctx, r).await,
+        )),
+        R::DescribeAcls(r) => Reply::Now(ResponseKind::DescribeAcls(security::describe_acls(
+            broker, ctx, r,
+        ))),
+        R::DeleteAcls(r) => Reply::Now(ResponseKind::DeleteAcls(
+            security::delete_acls(broker, ctx, r).await,
+        )),
+        R::DescribeUserScramCredentials(r) => Reply::Now(
+            ResponseKind::DescribeUserScramCredentials(security::describe_scram(broker, ctx, r)),
+        ),
+        R::AlterUserScramCredentials(r) => Reply::Now(ResponseKind::AlterUserScramCredentials(
+            security::alter_scram(broker, ctx, r).await,
         )),
         other => Reply::Close(format!("no handler for {other:?}")),
     }

@@ -48,7 +48,13 @@ fn refuse_all(req: &ProduceRequest, code: ResponseError, message: Option<&str>) 
     resp
 }
 
-pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
+pub(super) async fn produce(
+    broker: &Arc<Broker>,
+    ctx: &super::RequestContext,
+    req: ProduceRequest,
+) -> Reply {
+    let version = ctx.version;
+    let listener = ctx.identity.listener.clone();
     let acks = req.acks;
     if !matches!(acks, -1..=1) {
         return Reply::Now(ResponseKind::Produce(refuse_all(
@@ -243,9 +249,10 @@ pub(super) async fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: 
             .filter_map(|id| img.brokers.get(&id))
             .map(|b| {
                 let mut n = NodeEndpoint::default();
+                let (host, port) = b.endpoint(&listener);
                 n.node_id = BrokerId(b.id);
-                n.host = sb(b.host.clone());
-                n.port = b.port;
+                n.host = sb(host);
+                n.port = port;
                 n.rack = b.rack.clone().map(sb);
                 n
             })
