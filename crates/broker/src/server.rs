@@ -11,8 +11,8 @@
 //! On SASL listeners a connection may send only ApiVersions, SaslHandshake
 //! and SaslAuthenticate, in frames no larger than `auth.sasl_max_receive_bytes`,
 //! until it authenticates; anything else closes it. A failed authentication
-//! is answered after `auth.failed_authentication_delay_ms` and closes the
-//! connection.
+//! is answered at once and the connection closed
+//! `auth.failed_authentication_delay_ms` later.
 //!
 //! Shutdown: when the token is cancelled the listener stops accepting, readers
 //! stop reading new requests, writers finish the replies already in flight,
@@ -247,7 +247,12 @@ async fn connection<R, W>(
                     }
                 }
                 Next::SendAndClose(out) => {
+                    // As Kafka does: answer at once, close after the failed
+                    // authentication delay, reading nothing more meanwhile.
+                    // The client reads the error before the close, and a
+                    // password guesser gets one guess per delay.
                     let _ = tx.send(out).await;
+                    tokio::time::sleep(session.listener.failure_delay).await;
                     break 'conn;
                 }
                 Next::Close => break 'conn,
@@ -329,8 +334,6 @@ async fn sasl_request(
                 Outcome::Failed { reason, user } => {
                     metrics::counter!("strata_authentications_total", "listener" => listener.clone(), "result" => "failure").increment(1);
                     warn!(%peer, %listener, user = user.as_deref().unwrap_or("-"), %reason, "authentication failed");
-                    // Slows a client guessing passwords; the connection closes after.
-                    tokio::time::sleep(session.listener.failure_delay).await;
                     (ResponseKind::SaslAuthenticate(resp), true)
                 }
             }

@@ -187,8 +187,8 @@ pub struct AuthConfig {
     /// Largest request accepted before a connection authenticates
     /// (`sasl.server.max.receive.size`).
     pub sasl_max_receive_bytes: usize,
-    /// Delay before a failed authentication is answered and the connection
-    /// closed (`connection.failed.authentication.delay.ms`).
+    /// How long after answering a failed authentication the connection is
+    /// closed, reading nothing meanwhile (`connection.failed.authentication.delay.ms`).
     pub failed_authentication_delay_ms: u64,
     /// Session lifetime given to SASL clients, which re-authenticate before
     /// it ends (`connections.max.reauth.ms`, KIP-368; 0: none).

@@ -33,7 +33,7 @@ pub struct Listener {
     pub reauth: Option<Duration>,
     /// Largest frame before authentication.
     pub unauthenticated_max_bytes: usize,
-    /// Delay before a failed authentication is answered.
+    /// How long a connection stays open, unread, after a failed authentication.
     pub failure_delay: Duration,
 }
 
