@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import ssl
 import struct
@@ -506,3 +507,37 @@ def test_a_rotated_certificate_is_served_without_a_restart(sec, tmp_path):
         time.sleep(0.3)
     # Clients keep working with the new certificate.
     assert roundtrip_confluent(sec, "SSL", sec.topic())
+
+
+def test_clients_reauthenticate_before_the_session_ends(broker_factory, tmp_path):
+    """KIP-368: with `connections_max_reauth_ms` the broker gives SASL clients
+    a session lifetime; librdkafka re-authenticates on the same connection
+    before it ends, and keeps producing without errors."""
+    users = tmp_path / "users.toml"
+    users.write_text('[[user]]\nname = "admin"\npassword = "admin-secret"\n')
+    b = broker_factory({
+        "listeners": [{"name": "sasl_plaintext", "listen": "127.0.0.1:0", "protocol": "SASL_PLAINTEXT",
+                       "sasl_mechanisms": ["SCRAM-SHA-256"]}],
+        "auth": {"bootstrap_users_file": str(users), "connections_max_reauth_ms": 1500},
+    })
+    conf = {"bootstrap.servers": b.listener("sasl_plaintext"), "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": "SCRAM-SHA-256", "sasl.username": "admin", "sasl.password": "admin-secret"}
+    topic = "reauth"
+    admin = AdminClient(conf)
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    p = Producer({**conf, "acks": "all", "linger.ms": 5})
+    errors: list = []
+    sent = 0
+    end = time.monotonic() + 6
+    while time.monotonic() < end:
+        p.produce(topic, f"m{sent}".encode(), on_delivery=lambda e, m: e and errors.append(e))
+        sent += 1
+        p.poll(0.01)
+    assert p.flush(30) == 0 and not errors, errors[:3]
+    with urllib.request.urlopen(b.http + "/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    accepted = sum(int(v) for v in re.findall(r"^strata_connections_accepted_total (\d+)", metrics, re.M))
+    ok = sum(int(v) for v in re.findall(r'strata_authentications_total\{listener="sasl_plaintext",result="success"\} (\d+)',
+                                         metrics))
+    # Four sessions of 1.5 s at least in 6 s, on fewer connections than that.
+    assert ok >= accepted + 2, (ok, accepted)
