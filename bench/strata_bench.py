@@ -395,19 +395,21 @@ def ms(seconds):
     return None if seconds is None else seconds * 1000.0
 
 
-def consume_run(bootstrap, topic, target_messages, max_seconds, reread=False):
+def consume_run(bootstrap, topic, target_messages, max_seconds, reread=False, extra=None):
     """Reads the topic from its log start with all partitions assigned (no group
     protocol, no commits) until target_messages were read or max_seconds passed.
 
     The mock cluster keeps only the last 5 MiB of each partition, less than was
     produced; with reread, a partition read to its end is read again from its start
     (a seek, so the other partitions keep streaming) until target_messages were read.
+    extra: more consumer settings (security).
     """
     config = {
         "bootstrap.servers": bootstrap,
         "group.id": f"strata-bench-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        **(extra or {}),
     }
     if reread:
         # The client prefetches to the end of every partition, and a Fetch with no

@@ -92,12 +92,13 @@ run() {
 }
 
 # --- lint and render --------------------------------------------------------------
-CASES=(default single production)
+CASES=(default single production tls)
 case_args() {
   case "$1" in
     default) ;;
     single) echo "--set replicas=1" ;;
     production) echo "-f $CHART/ci/production-values.yaml" ;;
+    tls) echo "-f $CHART/ci/tls-values.yaml" ;;
   esac
 }
 for case in "${CASES[@]}"; do
@@ -164,6 +165,11 @@ refused "a grace period shorter than the controlled shutdown" "must exceed the b
   --set terminationGracePeriodSeconds=30
 refused "cluster settings for a single broker" "a single broker runs without etcd" \
   --set replicas=1 --set config.cluster.session_timeout_ms=5000
+refused "a secure listener without a certificate" "needs security.tlsSecret" --set security.listener.enabled=true
+refused "no Kafka listener at all" "no Kafka listener" --set security.plaintextListener=false
+refused "inter-broker SASL without a password" "needs security.listener.enabled and security.interBroker.passwordSecret" \
+  --set security.tlsSecret=t --set security.listener.enabled=true --set security.interBroker.enabled=true
+refused "config.auth set by hand" "set by the chart from the security values" --set config.auth.authorizer=true
 
 # Config changes must change the pod template (checksum annotation rolls the pods).
 "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --kube-version "$K8S_VERSION" \
@@ -438,6 +444,63 @@ for case in ("default", "single", "production"):
         check(any(p["name"] == sm["spec"]["endpoints"][0]["port"] for p in targets[0]["spec"]["ports"]) if targets else False,
               "ServiceMonitor port is a named port of that Service")
         check(sm["spec"]["endpoints"][0].get("path") == "/metrics", "ServiceMonitor scrapes /metrics")
+
+# The secured cluster (ci/tls-values.yaml).
+print("-- tls values")
+k = load("tls")
+sts = {d["metadata"]["name"]: d for d in k["StatefulSet"]}[fullname]
+pod = sts["spec"]["template"]["spec"]
+(c,) = pod["containers"]
+env = c["env"]
+names = [e["name"] for e in env]
+lst = by_name(env, "STRATA_LISTENERS")
+check(lst is not None and names.index("POD_NAME") < names.index("STRATA_LISTENERS"),
+      "STRATA_LISTENERS set after POD_NAME")
+listeners = tomllib.loads("v = " + lst["value"])["v"] if lst else [{}]
+want_adv = f"$(POD_NAME).{headless}.{ns}.svc.cluster.local:9093"
+check(listeners[0].get("name") == "secure" and listeners[0].get("protocol") == "SASL_SSL"
+      and listeners[0].get("advertised") == want_adv and listeners[0].get("listen") == "0.0.0.0:9093",
+      f"a SASL_SSL listener 'secure' on 9093 advertised as {want_adv}")
+check(listeners[0].get("tls_cert_file") == "/etc/strata/tls/tls.crt", "the listener uses the mounted certificate")
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+check(ports.get("kafka-secure") == 9093, "container port kafka-secure 9093")
+mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+vols = {v["name"]: v for v in pod["volumes"]}
+for name, path, secret in (("tls", "/etc/strata/tls", "strata-tls"), ("users", "/etc/strata/users", "strata-users"),
+                           ("inter-broker", "/etc/strata/inter-broker", "strata-inter-broker"),
+                           ("admin-tokens", "/etc/strata/admin-tokens", "strata-admin-tokens")):
+    check(mounts.get(name) == path and vols.get(name, {}).get("secret", {}).get("secretName") == secret,
+          f"Secret {secret} mounted at {path}")
+text = k["ConfigMap"][0]["data"]["strata.toml"]
+toml = tomllib.loads(text)
+auth = toml.get("auth", {})
+check(toml.get("kafka_listen") == "", "plaintextListener false: kafka_listen is empty (no PLAINTEXT listener)")
+check(auth.get("authorizer") is True and auth.get("super_users") == ["User:admin", "User:broker"],
+      "authorizer on with the super users")
+check(auth.get("inter_broker_listener_name") == "secure" and auth.get("inter_broker_user") == "broker"
+      and auth.get("inter_broker_password_file") == "/etc/strata/inter-broker/password"
+      and auth.get("inter_broker_tls_ca_file") == "/etc/strata/tls/ca.crt",
+      "brokers replicate over the secure listener as User:broker")
+check(auth.get("http_require_auth") is True and auth.get("http_tls_cert_file") == "/etc/strata/tls/tls.crt",
+      "admin API over HTTPS with credentials")
+check("password =" not in text and "secret" not in text.lower(), "no secrets in the ConfigMap")
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    check(c[probe]["httpGet"].get("scheme") == "HTTPS", f"{probe} over HTTPS")
+svcs = {s["metadata"]["name"]: s["spec"] for s in k["Service"]}
+check(all(any(p["name"] == "kafka-secure" and p["port"] == 9093 for p in svcs[n]["ports"]) for n in (fullname, headless)),
+      "the client and headless Services expose kafka-secure 9093")
+strata_bin = os.environ.get("STRATA_BIN")
+if strata_bin and os.access(strata_bin, os.X_OK):
+    import subprocess, tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(text)
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    clean_env["STRATA_LISTENERS"] = lst["value"].replace("$(POD_NAME)", "strata-0")
+    r = subprocess.run([strata_bin, "config", "check", "--no-files", "--config", f.name], env=clean_env,
+                       capture_output=True, text=True)
+    os.unlink(f.name)
+    check(r.returncode == 0, "the strata binary accepts the rendered config and STRATA_LISTENERS"
+          + ("" if r.returncode == 0 else f": {r.stderr.strip()[-400:]}"))
 
 # A config change changes the pod template.
 def checksum(path):

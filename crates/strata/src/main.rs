@@ -86,7 +86,18 @@ enum ConfigCommand {
     Defaults,
     /// Check a configuration file (with the environment and flags a broker
     /// would apply) and print the effective configuration.
-    Check(ServeArgs),
+    Check(CheckArgs),
+}
+
+/// `strata config check`: the serve flags, and whether to open the files.
+#[derive(Debug, Parser)]
+struct CheckArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Do not open the TLS certificate, key, users and token files the
+    /// configuration names (for a configuration checked away from its Secrets).
+    #[arg(long)]
+    no_files: bool,
 }
 
 /// Flags override environment variables, which override the config file,
@@ -152,7 +163,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Check(args)) => {
-            let mut config = settings::load(&args.overrides(), std::env::vars())?;
+            let mut config = settings::load(&args.serve.overrides(), std::env::vars())?;
+            if !args.no_files {
+                strata_broker::security::check_files(&config).map_err(anyhow::Error::msg)?;
+                strata_admin::auth::HttpAuth::from_config(&config.auth)
+                    .map_err(anyhow::Error::msg)?;
+            }
             // The effective configuration, but never a credential.
             if !config.cluster.etcd_password.is_empty() {
                 config.cluster.etcd_password = "(set; not shown)".into();

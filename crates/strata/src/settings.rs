@@ -173,6 +173,13 @@ fn list(raw: &str) -> Value {
 /// comma-separated.
 fn typed_value(raw: &str, like: &Value) -> Result<Value> {
     Ok(match like {
+        // An inline TOML array (`[{ name = "secure", ... }]`, for
+        // `STRATA_LISTENERS`), or a comma-separated list.
+        Value::Array(_) if raw.trim_start().starts_with('[') => format!("v = {raw}")
+            .parse::<Table>()
+            .with_context(|| format!("'{raw}' is not a TOML array"))?
+            .remove("v")
+            .context("no value")?,
         Value::Array(_) => list(raw),
         Value::String(_) => Value::String(raw.to_string()),
         Value::Integer(_) => Value::Integer(
@@ -217,6 +224,36 @@ mod tests {
             ..Overrides::default()
         };
         (dir, flags)
+    }
+
+    #[test]
+    fn listeners_come_from_the_file_or_one_environment_variable() {
+        let (_d, flags) = with_file(
+            "[[listeners]]\nname = \"secure\"\nlisten = \"127.0.0.1:9093\"\nprotocol = \"SASL_PLAINTEXT\"\nsasl_mechanisms = [\"PLAIN\"]\n",
+        );
+        let c = load(&flags, env(&[])).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let (_d, flags) = with_file("");
+        let c = load(
+            &flags,
+            env(&[(
+                "STRATA_LISTENERS",
+                r#"[{ name = "secure", listen = "0.0.0.0:9093", advertised = "broker-0.strata:9093", protocol = "SASL_PLAINTEXT" }]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].advertised, "broker-0.strata:9093");
+        // A listener key the broker does not know, or a bad protocol, is an error.
+        for bad in [
+            r#"[{ name = "s", listen = "0.0.0.0:1", prtocol = "SSL" }]"#,
+            r#"[{ name = "s", listen = "0.0.0.0:1", protocol = "TLS" }]"#,
+            r#"[{ name = "s", listen = "0.0.0.0:1", protocol = "SSL" }]"#,
+        ] {
+            assert!(
+                load(&flags, env(&[("STRATA_LISTENERS", bad)])).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -72,6 +72,36 @@ impl Listener {
     }
 }
 
+/// Opens every file the security settings name (certificates, keys, CA
+/// bundles, the bootstrap users file, the inter-broker password), so that a
+/// missing or malformed one is an error before the broker serves.
+pub fn check_files(config: &crate::BrokerConfig) -> Result<(), String> {
+    for l in config.kafka_listeners()? {
+        Listener::new(l, &config.auth)?;
+    }
+    let auth = &config.auth;
+    if !auth.bootstrap_users_file.is_empty() {
+        let text = std::fs::read_to_string(&auth.bootstrap_users_file).map_err(|e| {
+            format!(
+                "auth.bootstrap_users_file '{}': {e}",
+                auth.bootstrap_users_file
+            )
+        })?;
+        users::parse(&text).map_err(|e| {
+            format!(
+                "auth.bootstrap_users_file '{}': {e}",
+                auth.bootstrap_users_file
+            )
+        })?;
+    }
+    crate::peer::PeerSecurity::from_config(config)?;
+    if !auth.http_tls_cert_file.is_empty() {
+        tls::server_config(&auth.http_tls_cert_file, &auth.http_tls_key_file, "")
+            .map_err(|e| format!("admin API TLS: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Who sent a request, for ACL checks.
 #[derive(Debug, Clone)]
 pub struct Identity {

@@ -106,6 +106,23 @@ Refuses values the broker cannot run with; called from every workload template.
 values.schema.json refuses some of them too, but helm's schema errors do not say why.
 */}}
 {{- define "strata.validate" -}}
+{{- with .Values.security }}
+{{- if and .listener.enabled (not .tlsSecret) }}
+{{- fail "security.listener.enabled needs security.tlsSecret: a Secret with tls.crt, tls.key and ca.crt (e.g. from a cert-manager Certificate)" }}
+{{- end }}
+{{- if and .admin.https (not .tlsSecret) }}
+{{- fail "security.admin.https needs security.tlsSecret" }}
+{{- end }}
+{{- if and .interBroker.enabled (or (not .listener.enabled) (not .interBroker.passwordSecret)) }}
+{{- fail "security.interBroker.enabled needs security.listener.enabled and security.interBroker.passwordSecret" }}
+{{- end }}
+{{- if and (not .plaintextListener) (not .listener.enabled) }}
+{{- fail "security.plaintextListener is false and security.listener.enabled is false: the brokers would have no Kafka listener" }}
+{{- end }}
+{{- end }}
+{{- if hasKey (.Values.config | default dict) "auth" }}
+{{- fail "config.auth is set by the chart from the security values; set those instead" }}
+{{- end }}
 {{- $replicas := int .Values.replicas }}
 {{- $rf := int .Values.cluster.replicationFactor }}
 {{- $isr := int .Values.cluster.minInsyncReplicas }}
@@ -156,6 +173,16 @@ values.schema.json refuses some of them too, but helm's schema errors do not say
 The broker's config: values.config plus the keys the chart owns; in a cluster,
 the [cluster] section and min.insync.replicas from the cluster values.
 */}}
+{{/*
+The secure listener as an inline TOML array for STRATA_LISTENERS: its
+advertised name is the pod's own, which only the environment knows.
+*/}}
+{{- define "strata.listeners" -}}
+{{- with .Values.security.listener -}}
+[{ name = "secure", listen = "0.0.0.0:{{ .port }}", advertised = "$(POD_NAME).{{ include "strata.headlessName" $ }}.{{ $.Release.Namespace }}.svc.{{ $.Values.clusterDomain }}:{{ .port }}", protocol = "{{ .protocol }}", tls_cert_file = "/etc/strata/tls/tls.crt", tls_key_file = "/etc/strata/tls/tls.key"{{ if .requireClientCertificates }}, tls_client_ca_file = "/etc/strata/tls/ca.crt"{{ end }}, sasl_mechanisms = {{ .saslMechanisms | toJson }} }]
+{{- end -}}
+{{- end }}
+
 {{- define "strata.config" -}}
 {{- $owned := dict "data_dir" "/var/lib/strata" "kafka_listen" "0.0.0.0:9092" "http_listen" "0.0.0.0:9644" }}
 {{- if include "strata.clustered" . }}
@@ -171,6 +198,41 @@ the [cluster] section and min.insync.replicas from the cluster values.
 {{- end }}
 {{- $_ := set $owned "cluster" $cluster }}
 {{- $_ := set $owned "log" (dict "min_insync_replicas" (int .Values.cluster.minInsyncReplicas)) }}
+{{- end }}
+{{- with .Values.security }}
+{{- if not .plaintextListener }}
+{{- $_ := set $owned "kafka_listen" "" }}
+{{- end }}
+{{- $auth := dict }}
+{{- if .authorizer }}
+{{- $_ := set $auth "authorizer" true }}
+{{- end }}
+{{- if .superUsers }}
+{{- $_ := set $auth "super_users" .superUsers }}
+{{- end }}
+{{- if .usersSecret }}
+{{- $_ := set $auth "bootstrap_users_file" "/etc/strata/users/users.toml" }}
+{{- end }}
+{{- if .interBroker.enabled }}
+{{- $_ := set $auth "inter_broker_listener_name" "secure" }}
+{{- $_ := set $auth "inter_broker_user" .interBroker.user }}
+{{- $_ := set $auth "inter_broker_password_file" "/etc/strata/inter-broker/password" }}
+{{- $_ := set $auth "inter_broker_sasl_mechanism" (first .listener.saslMechanisms) }}
+{{- $_ := set $auth "inter_broker_tls_ca_file" "/etc/strata/tls/ca.crt" }}
+{{- end }}
+{{- if .admin.requireAuth }}
+{{- $_ := set $auth "http_require_auth" true }}
+{{- end }}
+{{- if .admin.tokenSecret }}
+{{- $_ := set $auth "http_token_file" "/etc/strata/admin-tokens/tokens" }}
+{{- end }}
+{{- if .admin.https }}
+{{- $_ := set $auth "http_tls_cert_file" "/etc/strata/tls/tls.crt" }}
+{{- $_ := set $auth "http_tls_key_file" "/etc/strata/tls/tls.key" }}
+{{- end }}
+{{- if $auth }}
+{{- $_ := set $owned "auth" $auth }}
+{{- end }}
 {{- end }}
 {{- $config := merge $owned (deepCopy (.Values.config | default dict)) }}
 {{- include "strata.toml" $config }}
