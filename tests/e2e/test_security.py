@@ -221,10 +221,12 @@ def _kcat_args(s: Secured, proto: str, mechanism: str | None, user: str = "alice
 def roundtrip_kcat(s: Secured, proto: str, topic: str, mechanism: str | None = None) -> list[str]:
     args = _kcat_args(s, proto, mechanism)
     lines = "\n".join(f"kcat-{i}" for i in range(COUNT)) + "\n"
-    subprocess.run(args + ["-P", "-t", topic, "-X", "acks=all"], input=lines, text=True,
-                   check=True, capture_output=True, timeout=60)
+    out = subprocess.run(args + ["-P", "-t", topic, "-X", "acks=all"], input=lines, text=True,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
     out = subprocess.run(args + ["-C", "-t", topic, "-o", "beginning", "-e", "-q"], text=True,
-                         check=True, capture_output=True, timeout=60)
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
 
@@ -541,3 +543,54 @@ def test_clients_reauthenticate_before_the_session_ends(broker_factory, tmp_path
                                          metrics))
     # Four sessions of 1.5 s at least in 6 s, on fewer connections than that.
     assert ok >= accepted + 2, (ok, accepted)
+
+
+def test_without_an_authorizer_acls_are_refused_and_anonymous_clients_cannot_set_passwords(broker_factory):
+    """Kafka answers the ACL APIs with SECURITY_DISABLED when no authorizer
+    is configured; Strata also refuses SCRAM changes from the anonymous
+    principal, so a PLAINTEXT listener cannot reset a SASL user's password."""
+    b = broker_factory({
+        "listeners": [{"name": "sasl_plaintext", "listen": "127.0.0.1:0", "protocol": "SASL_PLAINTEXT",
+                       "sasl_mechanisms": ["PLAIN"]}],
+    })
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    grant = AclBinding(ResourceType.TOPIC, "t", ResourcePatternType.LITERAL, "User:x", "*",
+                       AclOperation.READ, AclPermissionType.ALLOW)
+    with pytest.raises(Exception) as e:
+        admin.create_acls([grant])[grant].result(30)
+    assert "SECURITY_DISABLED" in str(e.value) or "authorizer" in str(e.value), e.value
+    up = UserScramCredentialUpsertion("victim", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"x")
+    with pytest.raises(Exception) as e:
+        admin.alter_user_scram_credentials([up])["victim"].result(30)
+    assert "CLUSTER_AUTHORIZATION_FAILED" in str(e.value) or "uthoriz" in str(e.value), e.value
+
+
+def test_describe_alone_does_not_auto_create_a_topic(sec, broker_factory):
+    """With auto-creation on, Metadata for a missing topic creates it only for
+    a principal with CREATE; DESCRIBE alone gets UNKNOWN_TOPIC_OR_PARTITION."""
+    # `sec`'s broker has auto-creation off; this check needs it on.
+    users = Path(sec.pki["ca"]).parent / "users-auto.toml"
+    users.write_text('[[user]]\nname = "admin"\npassword = "admin-secret"\n[[user]]\nname = "dave"\npassword = "dave-secret"\n')
+    b = broker_factory({
+        "auto_create_topics": True,
+        "listeners": [{"name": "sasl_plaintext", "listen": "127.0.0.1:0", "protocol": "SASL_PLAINTEXT",
+                       "sasl_mechanisms": ["PLAIN"]}],
+        "auth": {"authorizer": True, "super_users": ["User:admin"], "bootstrap_users_file": str(users)},
+    })
+    conf = lambda u, p: {"bootstrap.servers": b.listener("sasl_plaintext"), "security.protocol": "SASL_PLAINTEXT",  # noqa: E731
+                         "sasl.mechanisms": "PLAIN", "sasl.username": u, "sasl.password": p}
+    admin = AdminClient(conf("admin", "admin-secret"))
+    grant = AclBinding(ResourceType.TOPIC, "auto-", ResourcePatternType.PREFIXED, "User:dave", "*",
+                       AclOperation.DESCRIBE, AclPermissionType.ALLOW)
+    admin.create_acls([grant])[grant].result(30)
+    dave = Producer(conf("dave", "dave-secret"))  # producers ask Metadata to auto-create
+    md = dave.list_topics(topic="auto-nope", timeout=10)
+    assert md.topics["auto-nope"].error is not None
+    assert md.topics["auto-nope"].error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert "auto-nope" not in admin.list_topics(timeout=10).topics
+    # With CREATE the same request creates it.
+    create = AclBinding(ResourceType.TOPIC, "auto-", ResourcePatternType.PREFIXED, "User:dave", "*",
+                        AclOperation.CREATE, AclPermissionType.ALLOW)
+    admin.create_acls([create])[create].result(30)
+    dave.list_topics(topic="auto-yes", timeout=10)
+    assert "auto-yes" in admin.list_topics(timeout=10).topics

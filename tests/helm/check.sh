@@ -169,6 +169,8 @@ refused "a secure listener without a certificate" "needs security.tlsSecret" --s
 refused "no Kafka listener at all" "no Kafka listener" --set security.plaintextListener=false
 refused "inter-broker SASL without a password" "needs security.listener.enabled and security.interBroker.passwordSecret" \
   --set security.tlsSecret=t --set security.listener.enabled=true --set security.interBroker.enabled=true
+refused "only a secure listener, brokers without credentials" "enable security.interBroker" \
+  --set security.tlsSecret=t --set security.listener.enabled=true --set security.plaintextListener=false
 refused "config.auth set by hand" "set by the chart from the security values" --set config.auth.authorizer=true
 
 # Config changes must change the pod template (checksum annotation rolls the pods).

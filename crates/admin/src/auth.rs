@@ -23,7 +23,7 @@ use strata_auth::Principal;
 use crate::{AdminState, ApiProblem};
 
 /// The admin API's authentication settings.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct HttpAuth {
     /// Whether credentials are required.
     pub require: bool,
@@ -31,6 +31,16 @@ pub struct HttpAuth {
     pub metrics_open: bool,
     /// Bearer tokens and the principal each stands for.
     pub tokens: HashMap<String, Principal>,
+}
+
+impl std::fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAuth")
+            .field("require", &self.require)
+            .field("metrics_open", &self.metrics_open)
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
 }
 
 impl HttpAuth {
@@ -90,7 +100,7 @@ fn unauthorized(why: &str) -> Response {
 }
 
 /// The principal a request's `Authorization` header proves, if any.
-fn principal_of(state: &AdminState, value: &str) -> Result<Principal, &'static str> {
+async fn principal_of(state: &AdminState, value: &str) -> Result<Principal, &'static str> {
     if let Some(token) = value.strip_prefix("Bearer ") {
         return state
             .http_auth
@@ -107,11 +117,20 @@ fn principal_of(state: &AdminState, value: &str) -> Result<Principal, &'static s
         let (user, password) = text.split_once(':').ok_or("malformed Basic credentials")?;
         let broker = state.broker.get().ok_or("the broker is still starting")?;
         let image = broker.image();
-        let ok = Mechanism::ALL
+        // An unknown user costs the same hashing as a wrong password.
+        let found = Mechanism::ALL
             .into_iter()
-            .find_map(|m| image.security.credential(user, m))
-            .is_some_and(|c| c.verify_password(password));
-        return if ok {
+            .find_map(|m| image.security.credential(user, m).cloned());
+        let known = found.is_some();
+        let credential = found.unwrap_or_else(|| {
+            strata_auth::scram::ScramCredential::unknown_user(Mechanism::Sha512, user)
+        });
+        let (user, password) = (user.to_string(), password.to_string());
+        // Thousands of hash rounds: off the async workers.
+        let ok = tokio::task::spawn_blocking(move || credential.verify_password(&password))
+            .await
+            .unwrap_or(false);
+        return if ok && known {
             Ok(Principal::user(user))
         } else {
             Err("wrong user name or password")
@@ -134,11 +153,12 @@ pub(crate) async fn require(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
     else {
         metrics::counter!("strata_http_authentication_failures_total").increment(1);
         return unauthorized("credentials required: a Bearer token or Basic user:password");
     };
-    let principal = match principal_of(&state, value) {
+    let principal = match principal_of(&state, &value).await {
         Ok(p) => p,
         Err(why) => {
             metrics::counter!("strata_http_authentication_failures_total").increment(1);

@@ -276,7 +276,7 @@ pub fn authorize<'a>(
     if policy.super_users.iter().any(|s| s == &who) {
         return true;
     }
-    let host = host.to_string();
+    let host = host.to_canonical().to_string();
     let mut any_for_resource = false;
     let mut allowed = false;
     for b in acls {

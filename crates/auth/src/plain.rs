@@ -1,12 +1,21 @@
 //! SASL PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd`.
 
 /// A parsed PLAIN message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct PlainMessage {
     /// The user.
     pub user: String,
     /// The password.
     pub password: String,
+}
+
+impl std::fmt::Debug for PlainMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlainMessage")
+            .field("user", &self.user)
+            .field("password", &"(redacted)")
+            .finish()
+    }
 }
 
 /// Parses a PLAIN message. An authorization id other than the user is

@@ -98,8 +98,9 @@ impl Mechanism {
 }
 
 /// A stored SCRAM credential (RFC 5802 section 3): enough to check a client's
-/// proof and to prove the server knows it, not enough to log in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// proof and to prove the server knows it, not enough to log in. Its Debug
+/// output leaves the keys out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScramCredential {
     /// Which mechanism it is for.
     pub mechanism: Mechanism,
@@ -111,6 +112,15 @@ pub struct ScramCredential {
     pub stored_key: String,
     /// HMAC(SaltedPassword, "Server Key"), base64.
     pub server_key: String,
+}
+
+impl std::fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScramCredential {
@@ -141,6 +151,26 @@ impl ScramCredential {
             stored_key: B64.encode(mechanism.hash(&client_key)),
             server_key: B64.encode(mechanism.hmac(salted, &[b"Server Key"])),
         }
+    }
+
+    /// A stand-in for a user that does not exist: a salt derived from the
+    /// user name and a per-process secret (the same name gets the same salt
+    /// on every attempt, as a real user would) and keys that match no
+    /// password. An exchange with it fails only at its last step, after the
+    /// same work as a real one, so neither the answer nor its timing says
+    /// whether the user exists.
+    pub fn unknown_user(mechanism: Mechanism, user: &str) -> Self {
+        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let secret = SECRET.get_or_init(crate::random_bytes::<32>);
+        let salt = mechanism.hmac(secret, &[user.as_bytes()]);
+        let mut c = Self::from_salted_password(
+            mechanism,
+            &crate::random_bytes::<32>(),
+            &salt[..32],
+            DEFAULT_ITERATIONS,
+        );
+        c.stored_key = B64.encode(crate::random_bytes::<32>());
+        c
     }
 
     /// Whether `password` is this credential's password (for PLAIN and HTTP
@@ -198,6 +228,9 @@ pub enum ScramServer {
         mechanism: Mechanism,
         /// The authenticating user.
         user: String,
+        /// Whether the user does not exist (the exchange runs on a stand-in
+        /// credential and fails at its end).
+        unknown: bool,
         /// client-first-bare + "," + server-first.
         auth_prefix: String,
         /// The combined nonce.
@@ -240,9 +273,10 @@ impl ScramServer {
         match std::mem::replace(self, ScramServer::Done) {
             ScramServer::Start { mechanism } => {
                 let first = parse_client_first(text)?;
-                let credential = lookup(&first.user)
-                    .filter(|c| c.mechanism == mechanism)
-                    .ok_or_else(|| ScramError::UnknownUser(first.user.clone()))?;
+                let found = lookup(&first.user).filter(|c| c.mechanism == mechanism);
+                let unknown = found.is_none();
+                let credential =
+                    found.unwrap_or_else(|| ScramCredential::unknown_user(mechanism, &first.user));
                 let nonce = format!("{}{}", first.nonce, B64.encode(crate::random_bytes::<18>()));
                 let server_first = format!(
                     "r={nonce},s={},i={}",
@@ -251,6 +285,7 @@ impl ScramServer {
                 *self = ScramServer::Challenged {
                     mechanism,
                     user: first.user,
+                    unknown,
                     auth_prefix: format!("{},{server_first}", first.bare),
                     nonce,
                     credential,
@@ -260,6 +295,7 @@ impl ScramServer {
             ScramServer::Challenged {
                 mechanism,
                 user,
+                unknown,
                 auth_prefix,
                 nonce,
                 credential,
@@ -286,12 +322,20 @@ impl ScramServer {
                 let proof = decode(&fin.proof)?;
                 let signature = mechanism.hmac(&stored_key, &[auth_message.as_bytes()]);
                 if proof.len() != signature.len() {
-                    return Err(ScramError::BadProof(user));
+                    return Err(if unknown {
+                        ScramError::UnknownUser(user)
+                    } else {
+                        ScramError::BadProof(user)
+                    });
                 }
                 let client_key: Vec<u8> =
                     proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
                 if !bool::from(mechanism.hash(&client_key).ct_eq(&stored_key)) {
-                    return Err(ScramError::BadProof(user));
+                    return Err(if unknown {
+                        ScramError::UnknownUser(user)
+                    } else {
+                        ScramError::BadProof(user)
+                    });
                 }
                 let server_signature = mechanism.hmac(&server_key, &[auth_message.as_bytes()]);
                 Ok(Step::Success {
@@ -410,13 +454,21 @@ fn unescape_name(s: &str) -> Result<String, ScramError> {
 
 /// The client side of an exchange, for brokers that authenticate to each
 /// other and for tests.
-#[derive(Debug)]
 pub struct ScramClient {
     mechanism: Mechanism,
     user: String,
     password: String,
     nonce: String,
     server_signature: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramClient")
+            .field("mechanism", &self.mechanism)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScramClient {
@@ -508,6 +560,7 @@ mod tests {
         let mut server = ScramServer::Challenged {
             mechanism: Mechanism::Sha256,
             user: "user".into(),
+            unknown: false,
             auth_prefix: "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096".into(),
             nonce: "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into(),
             credential: cred,
@@ -561,14 +614,38 @@ mod tests {
 
     #[test]
     fn unknown_users_wrong_mechanisms_and_garbage_are_refused() {
+        // An unknown user gets a challenge like anyone (the same salt each
+        // time) and fails only at the end.
+        let salt_of = |text: &[u8]| {
+            let s = String::from_utf8(text.to_vec()).unwrap();
+            s.split(',')
+                .find(|a| a.starts_with("s="))
+                .unwrap()
+                .to_string()
+        };
+        let mut c = ScramClient::new(Mechanism::Sha512, "bob", "pw");
         let mut s = ScramServer::new(Mechanism::Sha512);
+        let Ok(Step::Continue(first)) = s.step(&c.first(), |_| None) else {
+            panic!("no challenge for an unknown user");
+        };
+        let mut s2 = ScramServer::new(Mechanism::Sha512);
+        let Ok(Step::Continue(again)) = s2.step(&c.first(), |_| None) else {
+            panic!("no challenge");
+        };
+        assert_eq!(salt_of(&first), salt_of(&again));
+        let last = c.last(&first).unwrap();
         assert!(matches!(
-            s.step(b"n,,n=bob,r=abc", |_| None),
+            s.step(&last, |_| None),
             Err(ScramError::UnknownUser(_))
         ));
+        // A credential for another mechanism is no credential: a challenge
+        // like any, failing at the end.
         let cred = ScramCredential::new(Mechanism::Sha256, "pw", 4096);
         let mut s = ScramServer::new(Mechanism::Sha512);
-        assert!(s.step(b"n,,n=bob,r=abc", |_| Some(cred.clone())).is_err());
+        assert!(matches!(
+            s.step(b"n,,n=bob,r=abc", |_| Some(cred.clone())),
+            Ok(Step::Continue(_))
+        ));
         for garbage in [
             &b"\xff\xfe"[..],
             b"",

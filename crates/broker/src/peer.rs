@@ -57,7 +57,9 @@ pub enum PeerError {
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 type Conn = Box<dyn Stream>;
-type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+/// A connection and, when its SASL session has a lifetime (KIP-368), when
+/// to dial a fresh one instead of using it.
+type Slot = Arc<tokio::sync::Mutex<Option<(Conn, Option<std::time::Instant>)>>>;
 
 /// How this broker secures its connections to the others: the
 /// inter-broker listener's protocol, from this side.
@@ -185,10 +187,17 @@ impl Peers {
                     reason: e.to_string(),
                 })?;
         let exchange = async {
+            // A session near its end is replaced rather than re-authenticated.
+            if conn
+                .as_ref()
+                .is_some_and(|(_, until)| until.is_some_and(|t| std::time::Instant::now() >= t))
+            {
+                *conn = None;
+            }
             if conn.is_none() {
                 *conn = Some(self.dial(&addr).await?);
             }
-            let stream = conn.as_mut().expect("connected");
+            let (stream, _) = conn.as_mut().expect("connected");
             exchange(stream, &frame).await
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
@@ -227,7 +236,7 @@ impl Peers {
         Ok(response)
     }
 
-    async fn dial(&self, addr: &str) -> std::io::Result<Conn> {
+    async fn dial(&self, addr: &str) -> std::io::Result<(Conn, Option<std::time::Instant>)> {
         let tcp = self.dial_tcp(addr).await?;
         let mut conn: Conn = match &self.security.tls {
             None => Box::new(tcp),
@@ -243,21 +252,26 @@ impl Peers {
                 Box::new(tls.connect(name, tcp).await?)
             }
         };
+        let mut until = None;
         if let Some((mechanism, user, password)) = &self.security.sasl {
-            self.authenticate(&mut conn, *mechanism, user, password)
+            let lifetime = self
+                .authenticate(&mut conn, *mechanism, user, password)
                 .await?;
+            // Redial at 90% of the session, before the peer closes it.
+            until = lifetime.map(|l| std::time::Instant::now() + l.mul_f64(0.9));
         }
-        Ok(conn)
+        Ok((conn, until))
     }
 
-    /// SaslHandshake v1 and SaslAuthenticate v2 as the inter-broker user.
+    /// SaslHandshake v1 and SaslAuthenticate v2 as the inter-broker user;
+    /// returns the session lifetime the peer gave, if any.
     async fn authenticate(
         &self,
         conn: &mut Conn,
         mechanism: SaslMechanism,
         user: &str,
         password: &str,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<Duration>> {
         use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
         let fail = |what: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, what);
         let mut hs = SaslHandshakeRequest::default();
@@ -274,6 +288,7 @@ impl Peers {
             ResponseKind::SaslHandshake(r) if r.error_code == 0 => {}
             other => return Err(fail(format!("SASL handshake refused: {other:?}"))),
         }
+        let mut lifetime = None;
         let mut send = async |bytes: Vec<u8>| -> std::io::Result<Bytes> {
             let mut req = SaslAuthenticateRequest::default();
             req.auth_bytes = Bytes::from(bytes);
@@ -286,7 +301,12 @@ impl Peers {
                 )
                 .await?
             {
-                ResponseKind::SaslAuthenticate(r) if r.error_code == 0 => Ok(r.auth_bytes),
+                ResponseKind::SaslAuthenticate(r) if r.error_code == 0 => {
+                    if r.session_lifetime_ms > 0 {
+                        lifetime = Some(Duration::from_millis(r.session_lifetime_ms as u64));
+                    }
+                    Ok(r.auth_bytes)
+                }
                 ResponseKind::SaslAuthenticate(r) => Err(fail(format!(
                     "authentication as '{user}' failed: {}",
                     r.error_message.as_deref().unwrap_or("")
@@ -310,7 +330,7 @@ impl Peers {
                     .map_err(|e| fail(format!("the peer does not know the credential: {e}")))?;
             }
         }
-        Ok(())
+        Ok(lifetime)
     }
 
     async fn roundtrip(

@@ -42,6 +42,8 @@ use crate::state::Broker;
 
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection on a SASL listener has to authenticate.
+const AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Replies a connection may have in flight before its reader waits.
 const MAX_IN_FLIGHT: usize = 128;
@@ -209,7 +211,7 @@ async fn connection<R, W>(
     let mut session = Session {
         identity: Identity {
             principal,
-            host: peer.ip(),
+            host: peer.ip().to_canonical(),
             listener: Arc::from(listener.config.name.as_str()),
         },
         sasl: sasl_required.then(|| SaslSession::new(listener.mechanisms.clone(), listener.reauth)),
@@ -224,6 +226,7 @@ async fn connection<R, W>(
     } else {
         session.listener.unauthenticated_max_bytes.min(full)
     });
+    let auth_deadline = tokio::time::Instant::now() + AUTHENTICATION_TIMEOUT;
     let mut buf = BytesMut::with_capacity(if session.authenticated {
         64 * 1024
     } else {
@@ -263,6 +266,10 @@ async fn connection<R, W>(
         }
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(auth_deadline), if !session.authenticated => {
+                warn!(%peer, listener = %session.listener.config.name, "closing connection: not authenticated in time");
+                break;
+            }
             r = rd.read_buf(&mut buf) => r,
         };
         match read {
@@ -318,10 +325,28 @@ async fn sasl_request(
             (ResponseKind::SaslHandshake(resp), close)
         }
         R::SaslAuthenticate(r) => {
+            // PLAIN derives the salted password (thousands of hash rounds):
+            // off the async workers, so a client guessing passwords slows
+            // nobody else.
             let image = broker.image();
-            let (resp, outcome) = sasl.authenticate(&r.auth_bytes, Instant::now(), |u, m| {
-                image.security.credential(u, m).cloned()
-            });
+            let mut owned = std::mem::replace(sasl, SaslSession::new(Vec::new(), None));
+            let (owned, resp, outcome) = match tokio::task::spawn_blocking(move || {
+                let (resp, outcome) = owned.authenticate(&r.auth_bytes, Instant::now(), |u, m| {
+                    image.security.credential(u, m).cloned()
+                });
+                (owned, resp, outcome)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    error!(%peer, error = %e, "authentication task failed");
+                    let mut r = kafka_protocol::messages::SaslAuthenticateResponse::default();
+                    r.error_code = ResponseError::SaslAuthenticationFailed.code();
+                    return (ResponseKind::SaslAuthenticate(r), true);
+                }
+            };
+            *sasl = owned;
             match outcome {
                 Outcome::Continue => (ResponseKind::SaslAuthenticate(resp), false),
                 Outcome::Authenticated(p) => {
@@ -350,6 +375,24 @@ async fn dispatch(
     session: &mut Session,
 ) -> Next {
     let started = Instant::now();
+    if !session.authenticated {
+        // Before authentication only the header is read: the body of
+        // anything but the three SASL-phase APIs is never decoded.
+        let allowed = strata_wire::peek_header(&frame).is_some_and(|(key, _, _)| {
+            [
+                ApiKey::ApiVersions,
+                ApiKey::SaslHandshake,
+                ApiKey::SaslAuthenticate,
+            ]
+            .iter()
+            .any(|k| *k as i16 == key)
+        });
+        if !allowed {
+            metrics::counter!("strata_unauthenticated_requests_total", "listener" => session.listener.config.name.clone()).increment(1);
+            warn!(%peer, listener = %session.listener.config.name, "closing connection: request before authentication");
+            return Next::Close;
+        }
+    }
     let request = match parse_request(frame, handlers::supported_versions) {
         Ok(r) => r,
         Err(WireError::UnsupportedVersion {
@@ -406,11 +449,6 @@ async fn dispatch(
             Some(b) => Next::Send(Outgoing::Ready(b)),
             None => Next::Close,
         };
-    }
-    if !session.authenticated && api_key != ApiKey::ApiVersions {
-        metrics::counter!("strata_unauthenticated_requests_total", "listener" => session.listener.config.name.clone()).increment(1);
-        warn!(%peer, listener = %session.listener.config.name, api = api_name(api_key), "closing connection: request before authentication");
-        return Next::Close;
     }
     if session
         .sasl

@@ -339,7 +339,17 @@ impl Inner {
             path: self.path.clone(),
             source,
         };
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        // Owner-only: the file holds salted SCRAM credentials.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?
+        };
         f.write_all(&image.to_bytes()).map_err(err)?;
         f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, &self.path).map_err(err)?;

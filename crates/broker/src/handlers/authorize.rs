@@ -35,6 +35,8 @@ pub(crate) enum Gate {
     Pass(Rq, Option<Patch>),
     /// Answer this instead.
     Deny(Rs),
+    /// Close the connection (a refused acks=0 produce, which has no answer).
+    Close(String),
 }
 
 struct Check<'a> {
@@ -51,6 +53,10 @@ impl Check<'_> {
     }
     fn topic(&self, op: Op, name: &str) -> bool {
         self.can(op, Rt::Topic, name)
+    }
+    /// A topic named by name or id; unknown ids pass to the handler.
+    fn topic_ref(&self, op: Op, name: &TopicName, id: uuid::Uuid) -> bool {
+        name_of(self.broker, name, id).is_none_or(|n| self.topic(op, &n))
     }
     fn group(&self, op: Op, name: &str) -> bool {
         self.can(op, Rt::Group, name)
@@ -92,13 +98,14 @@ fn patch(r: Rq, f: impl FnOnce(&mut Rs) + Send + 'static) -> Gate {
     Gate::Pass(r, Some(Box::new(f)))
 }
 
-fn name_of(broker: &Broker, name: &TopicName, id: uuid::Uuid) -> String {
+/// The topic a request names, by name or (v13+) by id; `None` for an id
+/// this broker does not know, which the handler answers UNKNOWN_TOPIC_ID
+/// (retriable) without serving anything.
+fn name_of(broker: &Broker, name: &TopicName, id: uuid::Uuid) -> Option<String> {
     if name.is_empty() && !id.is_nil() {
-        if let Some(t) = broker.topic_by_id(id) {
-            return t.name.clone();
-        }
+        return broker.topic_by_id(id).map(|t| t.name.clone());
     }
-    name.to_string()
+    Some(name.to_string())
 }
 
 /// Checks `request` from `ctx` against the ACLs.
@@ -124,10 +131,14 @@ pub(crate) fn gate(broker: &Broker, ctx: &RequestContext, request: Rq) -> Gate {
             let (ok, denied): (Vec<_>, Vec<_>) = r
                 .topic_data
                 .into_iter()
-                .partition(|t| c.topic(Op::Write, &name_of(broker, &t.name, t.topic_id)));
+                .partition(|t| c.topic_ref(Op::Write, &t.name, t.topic_id));
             r.topic_data = ok;
             if denied.is_empty() {
                 return pass(Rq::Produce(r));
+            }
+            if r.acks == 0 {
+                // Kafka closes an acks=0 connection whose produce fails.
+                return Gate::Close("acks=0 produce to a topic the principal may not write".into());
             }
             patch(Rq::Produce(r), move |resp| {
                 if let Rs::Produce(resp) = resp {
@@ -147,12 +158,14 @@ pub(crate) fn gate(broker: &Broker, ctx: &RequestContext, request: Rq) -> Gate {
             let (ok, denied): (Vec<_>, Vec<_>) = r
                 .topics
                 .into_iter()
-                .partition(|t| c.topic(Op::Read, &name_of(broker, &t.topic, t.topic_id)));
+                .partition(|t| c.topic_ref(Op::Read, &t.topic, t.topic_id));
             r.topics = ok;
             if denied.is_empty() {
                 return pass(Rq::Fetch(r));
             }
-            patch(Rq::Fetch(r), move |resp| {
+            // Nothing left to serve: answer now rather than after max_wait_ms.
+            let nothing_left = r.topics.is_empty();
+            let fill = move |resp: &mut Rs| {
                 if let Rs::Fetch(resp) = resp {
                     for t in denied {
                         let mut out = m::fetch_response::FetchableTopicResponse::default();
@@ -174,7 +187,13 @@ pub(crate) fn gate(broker: &Broker, ctx: &RequestContext, request: Rq) -> Gate {
                         resp.responses.push(out);
                     }
                 }
-            })
+            };
+            if nothing_left {
+                let mut resp = Rs::Fetch(m::FetchResponse::default());
+                fill(&mut resp);
+                return Gate::Deny(resp);
+            }
+            patch(Rq::Fetch(r), fill)
         }
         Rq::ListOffsets(mut r) => {
             let (ok, denied): (Vec<_>, Vec<_>) = r
@@ -300,7 +319,7 @@ pub(crate) fn gate(broker: &Broker, ctx: &RequestContext, request: Rq) -> Gate {
             r.topic_names = ok;
             let (ok, denied_states): (Vec<_>, Vec<_>) = r.topics.into_iter().partition(|t| {
                 let n = t.name.clone().unwrap_or_default();
-                allowed(&name_of(broker, &n, t.topic_id))
+                name_of(broker, &n, t.topic_id).is_none_or(|n| allowed(&n))
             });
             r.topics = ok;
             if denied_names.is_empty() && denied_states.is_empty() {
@@ -431,15 +450,9 @@ pub(crate) fn gate(broker: &Broker, ctx: &RequestContext, request: Rq) -> Gate {
             resp.error_code = CLUSTER_DENIED;
             Gate::Deny(Rs::ListPartitionReassignments(resp))
         }
-        Rq::DescribeCluster(r) => {
-            if c.cluster(Op::Describe) {
-                return pass(Rq::DescribeCluster(r));
-            }
-            let mut resp = m::DescribeClusterResponse::default();
-            resp.error_code = CLUSTER_DENIED;
-            resp.controller_id = m::BrokerId(-1);
-            Gate::Deny(Rs::DescribeCluster(resp))
-        }
+        // Kafka does not check DescribeCluster (cluster DESCRIBE only decides
+        // the authorized-operations field, which Strata does not compute).
+        Rq::DescribeCluster(r) => pass(Rq::DescribeCluster(r)),
         Rq::FindCoordinator(mut r) => {
             let kind = if r.key_type == 1 {
                 Rt::TransactionalId
@@ -522,7 +535,7 @@ pub(crate) fn gate(broker: &Broker, ctx: &RequestContext, request: Rq) -> Gate {
             let (ok, denied): (Vec<_>, Vec<_>) = r
                 .topics
                 .into_iter()
-                .partition(|t| c.topic(Op::Read, &name_of(broker, &t.name, t.topic_id)));
+                .partition(|t| c.topic_ref(Op::Read, &t.name, t.topic_id));
             r.topics = ok;
             if denied.is_empty() {
                 return pass(Rq::OffsetCommit(r));
@@ -660,7 +673,13 @@ pub(crate) fn gate(broker: &Broker, ctx: &RequestContext, request: Rq) -> Gate {
             Gate::Deny(Rs::InitProducerId(resp))
         }
         // The security APIs check the cluster themselves (handlers::security).
-        other => pass(other),
+        Rq::CreateAcls(_)
+        | Rq::DescribeAcls(_)
+        | Rq::DeleteAcls(_)
+        | Rq::DescribeUserScramCredentials(_)
+        | Rq::AlterUserScramCredentials(_) => pass(request),
+        // An API without a rule here is refused rather than served unchecked.
+        _ => Gate::Close("an API without an ACL rule".into()),
     }
 }
 
@@ -688,7 +707,7 @@ fn config_allowed(c: &Check<'_>, op: Op, resource_type: i8, name: &str) -> bool 
         2 => c.topic(op, name),
         // Brokers and broker loggers are cluster resources.
         4 | 8 => c.cluster(op),
-        _ => true,
+        _ => false,
     }
 }
 
@@ -780,11 +799,18 @@ fn commit_denied(
         .collect()
 }
 
-/// Metadata: named topics the principal may not describe answer
-/// TOPIC_AUTHORIZATION_FAILED (and are not auto-created); a listing of every
-/// topic leaves them out. Auto-creation needs CREATE on the cluster or topic.
+/// Metadata: a listing of every topic leaves out those the principal may
+/// not describe; a named one answers TOPIC_AUTHORIZATION_FAILED. A named
+/// topic that does not exist is created only for a principal with CREATE
+/// (on the cluster or the topic); one that may only describe it is told
+/// UNKNOWN_TOPIC_OR_PARTITION, as Kafka does.
 fn metadata(c: &Check<'_>, mut r: m::MetadataRequest) -> Gate {
-    let Some(topics) = r.topics.take() else {
+    // v0: an empty list means every topic.
+    let all = match &r.topics {
+        None => true,
+        Some(t) => t.is_empty() && c.ctx.version == 0,
+    };
+    if all {
         let visible: HashSet<String> = c
             .img
             .topics
@@ -801,42 +827,45 @@ fn metadata(c: &Check<'_>, mut r: m::MetadataRequest) -> Gate {
                 });
             }
         });
-    };
-    let may_create = r.allow_auto_topic_creation && c.cluster(Op::Create);
-    let mut denied = Vec::new();
+    }
+    let topics = r.topics.take().unwrap_or_default();
+    let cluster_create = c.cluster(Op::Create);
+    let mut answers: Vec<(m::metadata_request::MetadataRequestTopic, i16)> = Vec::new();
     let mut kept = Vec::new();
     for t in topics {
         let name = match &t.name {
-            Some(n) => n.to_string(),
+            Some(n) => Some(n.to_string()),
             None => name_of(c.broker, &TopicName::default(), t.topic_id),
         };
-        let exists = c.img.topics.contains_key(&name);
-        let ok = if exists {
-            c.topic(Op::Describe, &name)
-        } else if r.allow_auto_topic_creation {
-            // Unknown: creating it needs CREATE; otherwise the handler says
-            // UNKNOWN_TOPIC_OR_PARTITION only to those who may describe it.
-            may_create || c.topic(Op::Create, &name) || c.topic(Op::Describe, &name)
-        } else {
-            c.topic(Op::Describe, &name)
+        let Some(name) = name else {
+            kept.push(t); // an unknown id: the handler answers it
+            continue;
         };
-        if ok {
+        if c.img.topics.contains_key(&name) {
+            if c.topic(Op::Describe, &name) {
+                kept.push(t);
+            } else {
+                answers.push((t, TOPIC_DENIED));
+            }
+        } else if cluster_create || c.topic(Op::Create, &name) {
             kept.push(t);
+        } else if c.topic(Op::Describe, &name) {
+            answers.push((t, 3)); // UNKNOWN_TOPIC_OR_PARTITION, not created
         } else {
-            denied.push(t);
+            answers.push((t, TOPIC_DENIED));
         }
     }
     r.topics = Some(kept);
-    if denied.is_empty() {
+    if answers.is_empty() {
         return pass(Rq::Metadata(r));
     }
     patch(Rq::Metadata(r), move |resp| {
         if let Rs::Metadata(resp) = resp {
-            for t in denied {
+            for (t, code) in answers {
                 let mut out = m::metadata_response::MetadataResponseTopic::default();
                 out.name = t.name;
                 out.topic_id = t.topic_id;
-                out.error_code = TOPIC_DENIED;
+                out.error_code = code;
                 out.topic_authorized_operations = i32::MIN;
                 resp.topics.push(out);
             }
@@ -906,7 +935,13 @@ fn topic_filter(c: &Check<'_>) -> impl Fn(&TopicName) -> bool + Send + 'static {
 }
 
 /// Whether the principal may do `op` on the cluster (the security APIs).
+/// Without an authorizer, Kafka lets anyone manage SCRAM credentials;
+/// Strata refuses the anonymous principal, so a PLAINTEXT listener next to a
+/// SASL one cannot be used to set SASL users' passwords.
 pub(crate) fn cluster_allowed(broker: &Broker, ctx: &RequestContext, op: Op) -> bool {
+    if !broker.authorizer().enabled() {
+        return *ctx.identity.principal != strata_auth::Principal::anonymous();
+    }
     broker.authorizer().allows(
         &broker.image(),
         &ctx.identity,

@@ -109,8 +109,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, Option<i16>)] = &[
     (ApiKey::DeleteRecords, None),
     (ApiKey::ConsumerGroupHeartbeat, None),
     (ApiKey::ConsumerGroupDescribe, None),
-    // v0 carries raw SASL tokens after the handshake; clients use v1 and
-    // SaslAuthenticate.
+    // v0 is advertised, as Kafka does (librdkafka's feature detection looks
+    // for it), but its raw tokens after the handshake are not read: clients
+    // that see v1 use it with SaslAuthenticate.
     (ApiKey::SaslHandshake, Some(1)),
     (ApiKey::SaslAuthenticate, None),
     (ApiKey::CreateAcls, None),
@@ -226,6 +227,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, request: Request
     }
     match authorize::gate(broker, ctx, request) {
         authorize::Gate::Deny(resp) => Reply::Now(resp),
+        authorize::Gate::Close(why) => Reply::Close(why),
         authorize::Gate::Pass(request, None) => serve(broker, ctx, request).await,
         authorize::Gate::Pass(request, Some(patch)) => {
             authorize::apply(serve(broker, ctx, request).await, patch)

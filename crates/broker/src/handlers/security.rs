@@ -1,7 +1,9 @@
 //! The security admin APIs: CreateAcls, DescribeAcls, DeleteAcls (KIP-140)
 //! and DescribeUserScramCredentials, AlterUserScramCredentials (KIP-554).
 //! ACLs and credentials live in the metadata store, so every broker applies
-//! a change as soon as it sees the new image.
+//! a change as soon as it sees the new image. Without an authorizer the ACL
+//! APIs answer SECURITY_DISABLED, as Kafka's do, and the SCRAM APIs refuse
+//! the anonymous principal.
 
 use kafka_protocol::messages::{
     self as m, AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
@@ -49,7 +51,12 @@ fn binding_from(c: &m::create_acls_request::AclCreation) -> Result<AclBinding, S
         pattern_type: PatternType::from_code(c.resource_pattern_type)
             .ok_or_else(|| format!("unknown pattern type {}", c.resource_pattern_type))?,
         principal: c.principal.to_string(),
-        host: c.host.to_string(),
+        // One spelling per address, as connections are seen (IPv4-mapped
+        // IPv6 addresses as IPv4).
+        host: match c.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_canonical().to_string(),
+            Err(_) => c.host.to_string(),
+        },
         operation: Operation::from_code(c.operation)
             .ok_or_else(|| format!("unknown operation {}", c.operation))?,
         permission: Permission::from_code(c.permission_type)
@@ -84,6 +91,16 @@ fn filter_from(
     })
 }
 
+/// What the ACL APIs answer without an authorizer (Kafka's SECURITY_DISABLED).
+const NO_AUTHORIZER: &str = "no authorizer is configured: set auth.authorizer = true";
+
+fn security_disabled_creation() -> m::create_acls_response::AclCreationResult {
+    let mut out = m::create_acls_response::AclCreationResult::default();
+    out.error_code = ResponseError::SecurityDisabled.code();
+    out.error_message = Some(sb(NO_AUTHORIZER));
+    out
+}
+
 /// CreateAcls: needs ALTER on the cluster.
 pub(crate) async fn create_acls(
     broker: &Broker,
@@ -91,6 +108,14 @@ pub(crate) async fn create_acls(
     r: CreateAclsRequest,
 ) -> CreateAclsResponse {
     let mut resp = CreateAclsResponse::default();
+    if !broker.authorizer().enabled() {
+        resp.results = r
+            .creations
+            .iter()
+            .map(|_| security_disabled_creation())
+            .collect();
+        return resp;
+    }
     let allowed = cluster_allowed(broker, ctx, Operation::Alter);
     let mut ops = Vec::new();
     let mut results = Vec::new();
@@ -100,6 +125,11 @@ pub(crate) async fn create_acls(
             out.error_code = ResponseError::ClusterAuthorizationFailed.code();
         } else {
             match binding_from(c) {
+                // The same binding twice in one request is stored once.
+                Ok(b)
+                    if ops
+                        .iter()
+                        .any(|o| matches!(o, MetaOp::PutAcl { binding } if *binding == b)) => {}
                 Ok(b) => ops.push(MetaOp::PutAcl { binding: b }),
                 Err(e) => {
                     out.error_code = ResponseError::InvalidRequest.code();
@@ -128,6 +158,11 @@ pub(crate) fn describe_acls(
     r: DescribeAclsRequest,
 ) -> DescribeAclsResponse {
     let mut resp = DescribeAclsResponse::default();
+    if !broker.authorizer().enabled() {
+        resp.error_code = ResponseError::SecurityDisabled.code();
+        resp.error_message = Some(sb(NO_AUTHORIZER));
+        return resp;
+    }
     if !cluster_allowed(broker, ctx, Operation::Describe) {
         resp.error_code = ResponseError::ClusterAuthorizationFailed.code();
         return resp;
@@ -192,6 +227,19 @@ pub(crate) async fn delete_acls(
     r: DeleteAclsRequest,
 ) -> DeleteAclsResponse {
     let mut resp = DeleteAclsResponse::default();
+    if !broker.authorizer().enabled() {
+        resp.filter_results = r
+            .filters
+            .iter()
+            .map(|_| {
+                let mut out = m::delete_acls_response::DeleteAclsFilterResult::default();
+                out.error_code = ResponseError::SecurityDisabled.code();
+                out.error_message = Some(sb(NO_AUTHORIZER));
+                out
+            })
+            .collect();
+        return resp;
+    }
     let allowed = cluster_allowed(broker, ctx, Operation::Alter);
     let img = broker.image();
     let mut ops = Vec::new();

@@ -262,7 +262,20 @@ pub fn effective_listeners(
             return Err(format!("two listeners are named '{}'", l.name));
         }
     }
-    if !auth.inter_broker_listener_name.is_empty() {
+    if auth.inter_broker_listener_name.is_empty() {
+        // Brokers dial each other on the default listener, or the first one.
+        let l = all
+            .iter()
+            .find(|l| l.name == DEFAULT_LISTENER)
+            .unwrap_or(&all[0]);
+        if l.protocol != SecurityProtocol::Plaintext {
+            return Err(format!(
+                "brokers would reach each other on listener '{}' ({}): set auth.inter_broker_listener_name and its credentials",
+                l.name,
+                l.protocol.name()
+            ));
+        }
+    } else {
         let Some(l) = all
             .iter()
             .find(|l| l.name == auth.inter_broker_listener_name)
@@ -338,7 +351,11 @@ mod tests {
             all.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
             ["default", "secure"]
         );
-        assert_eq!(effective_listeners("", "", &extra, &auth).unwrap().len(), 1);
+        let internal = [listener("internal", SecurityProtocol::Plaintext)];
+        assert_eq!(
+            effective_listeners("", "", &internal, &auth).unwrap().len(),
+            1
+        );
         assert!(effective_listeners("", "", &[], &auth).is_err());
         let twice = [extra[0].clone(), extra[0].clone()];
         assert!(effective_listeners("", "", &twice, &auth).is_err());
@@ -358,5 +375,9 @@ mod tests {
             ..AuthConfig::default()
         };
         assert!(effective_listeners("127.0.0.1:1", "", &[], &auth).is_err());
+        // Without a default listener the first one is the inter-broker one:
+        // it must then be plaintext, or named with credentials.
+        let only_secure = [listener("s", SecurityProtocol::SaslPlaintext)];
+        assert!(effective_listeners("", "", &only_secure, &AuthConfig::default()).is_err());
     }
 }

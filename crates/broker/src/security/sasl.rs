@@ -19,6 +19,8 @@ use super::config::SaslMechanism;
 #[derive(Debug)]
 pub struct SaslSession {
     offered: Vec<SaslMechanism>,
+    /// The mechanism of the first authentication; re-authentication must use it.
+    mechanism: Option<SaslMechanism>,
     exchange: Exchange,
     principal: Option<Principal>,
     expires: Option<Instant>,
@@ -61,6 +63,7 @@ impl SaslSession {
     pub fn new(offered: Vec<SaslMechanism>, lifetime: Option<Duration>) -> Self {
         Self {
             offered,
+            mechanism: None,
             exchange: Exchange::Idle,
             principal: None,
             expires: None,
@@ -91,10 +94,19 @@ impl SaslSession {
             resp.error_code = ResponseError::IllegalSaslState.code();
             return resp;
         }
-        match self.offered.iter().find(|m| m.name() == mechanism) {
+        let chosen = self.offered.iter().find(|m| m.name() == mechanism).copied();
+        // KIP-368: re-authentication keeps the mechanism.
+        if self.mechanism.is_some() && chosen != self.mechanism {
+            resp.error_code = ResponseError::IllegalSaslState.code();
+            return resp;
+        }
+        match chosen {
             Some(SaslMechanism::Plain) => self.exchange = Exchange::Plain,
-            Some(SaslMechanism::Scram(m)) => self.exchange = Exchange::Scram(ScramServer::new(*m)),
+            Some(SaslMechanism::Scram(m)) => self.exchange = Exchange::Scram(ScramServer::new(m)),
             None => resp.error_code = ResponseError::UnsupportedSaslMechanism.code(),
+        }
+        if chosen.is_some() {
+            self.mechanism = chosen;
         }
         resp
     }
@@ -185,17 +197,20 @@ impl SaslSession {
         let msg = strata_auth::plain::parse(auth_bytes).map_err(|e| (e, None))?;
         // PLAIN checks the password against whichever SCRAM credential the
         // user has, so each user has one password.
-        let ok = Mechanism::ALL
+        // An unknown user costs the same hashing as a known one.
+        let found = Mechanism::ALL
             .into_iter()
-            .find_map(|m| lookup(&msg.user, m))
-            .map(|c| c.verify_password(&msg.password));
-        match ok {
-            Some(true) => Ok(msg.user),
-            Some(false) => Err((
+            .find_map(|m| lookup(&msg.user, m));
+        let known = found.is_some();
+        let credential =
+            found.unwrap_or_else(|| ScramCredential::unknown_user(Mechanism::Sha512, &msg.user));
+        match (credential.verify_password(&msg.password), known) {
+            (true, true) => Ok(msg.user),
+            (_, false) => Err((format!("unknown user '{}'", msg.user), Some(msg.user))),
+            (false, true) => Err((
                 format!("wrong password for user '{}'", msg.user),
                 Some(msg.user),
             )),
-            None => Err((format!("unknown user '{}'", msg.user), Some(msg.user))),
         }
     }
 }

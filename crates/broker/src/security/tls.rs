@@ -155,24 +155,67 @@ pub fn client_config(ca: &str) -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 /// Kafka's principal for a client certificate: `User:` and the subject's
-/// distinguished name as RFC 2253 writes it (`CN=app,OU=eng,O=Acme`).
+/// distinguished name as Java's `X500Principal.getName()` writes it (RFC
+/// 2253): most specific first, `CN=app,OU=eng,O=Acme`, special characters
+/// escaped. Attributes without an RFC 2253 keyword are written by OID.
 pub fn certificate_principal(der: &[u8]) -> Option<strata_auth::Principal> {
+    const KEYWORDS: &[(&str, &str)] = &[
+        ("2.5.4.3", "CN"),
+        ("2.5.4.6", "C"),
+        ("2.5.4.7", "L"),
+        ("2.5.4.8", "ST"),
+        ("2.5.4.10", "O"),
+        ("2.5.4.11", "OU"),
+        ("2.5.4.9", "STREET"),
+        ("0.9.2342.19200300.100.1.25", "DC"),
+        ("0.9.2342.19200300.100.1.1", "UID"),
+    ];
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let registry = x509_parser::objects::oid_registry();
     let mut rdns: Vec<String> = Vec::new();
     for rdn in cert.subject().iter_rdn() {
         let parts: Vec<String> = rdn
             .iter()
             .map(|attr| {
-                let key = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
-                    .map(str::to_string)
-                    .unwrap_or_else(|_| attr.attr_type().to_id_string());
-                let value = attr.as_str().unwrap_or("").replace(',', "\\,");
-                format!("{key}={value}")
+                let oid = attr.attr_type().to_id_string();
+                let key = KEYWORDS
+                    .iter()
+                    .find(|(o, _)| *o == oid)
+                    .map_or(oid.clone(), |(_, k)| k.to_string());
+                format!("{key}={}", escape_rfc2253(attr.as_str().unwrap_or("")))
             })
             .collect();
         rdns.push(parts.join("+"));
     }
     rdns.reverse();
     Some(strata_auth::Principal::user(rdns.join(",")))
+}
+
+/// RFC 2253 section 2.4: `,+"\<>;=` escaped, and a leading `#` or space and a
+/// trailing space.
+fn escape_rfc2253(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc2253_escapes_what_would_split_a_name() {
+        assert_eq!(escape_rfc2253("Acme, Inc."), "Acme\\, Inc.");
+        assert_eq!(escape_rfc2253("a+b=c"), "a\\+b\\=c");
+        assert_eq!(escape_rfc2253(" #x "), "\\ #x\\ ");
+        assert_eq!(escape_rfc2253("plain"), "plain");
+    }
 }

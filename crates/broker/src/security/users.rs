@@ -7,14 +7,14 @@ use serde::Deserialize;
 use strata_auth::scram::{Mechanism, ScramCredential, DEFAULT_ITERATIONS};
 use strata_cluster::{MetaOp, SecurityImage};
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsersFile {
     #[serde(default)]
     user: Vec<UserEntry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UserEntry {
     name: String,
@@ -26,7 +26,17 @@ struct UserEntry {
 
 /// Parses a users file into `(user, mechanism, password)` entries.
 pub fn parse(text: &str) -> Result<Vec<(String, Mechanism, String)>, String> {
-    let file: UsersFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    // The error's message and line only: its full text quotes the file,
+    // passwords included.
+    let file: UsersFile = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        match line {
+            Some(l) => format!("line {l}: {}", e.message()),
+            None => e.message().to_string(),
+        }
+    })?;
     let mut out = Vec::new();
     for u in file.user {
         if u.name.is_empty() || u.password.is_empty() {
@@ -110,5 +120,8 @@ mod tests {
             .verify_password("b"));
         assert!(parse("[[user]]\nname = \"x\"\npassword = \"y\"\nmechanism = \"MD5\"\n").is_err());
         assert!(parse("[[user]]\nname = \"x\"\n").is_err());
+        // A typo next to a password does not quote the password.
+        let err = parse("[[user]]\nname = \"x\"\npasswrd = \"hunter2\"\n").unwrap_err();
+        assert!(!err.contains("hunter2") && err.contains("passwrd"), "{err}");
     }
 }

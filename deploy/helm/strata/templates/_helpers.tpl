@@ -116,6 +116,9 @@ values.schema.json refuses some of them too, but helm's schema errors do not say
 {{- if and .interBroker.enabled (or (not .listener.enabled) (not .interBroker.passwordSecret)) }}
 {{- fail "security.interBroker.enabled needs security.listener.enabled and security.interBroker.passwordSecret" }}
 {{- end }}
+{{- if and (not .plaintextListener) .listener.enabled (not .interBroker.enabled) }}
+{{- fail "security.plaintextListener is false: brokers reach each other on the secure listener, so enable security.interBroker (a super user and its password Secret)" }}
+{{- end }}
 {{- if and (not .plaintextListener) (not .listener.enabled) }}
 {{- fail "security.plaintextListener is false and security.listener.enabled is false: the brokers would have no Kafka listener" }}
 {{- end }}
