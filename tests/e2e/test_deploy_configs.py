@@ -61,3 +61,28 @@ def test_the_single_broker_config_is_accepted(strata_bin):
     effective = config_check(strata_bin, MINIO / "strata.toml", {})
     assert effective["tier"]["object_store"] == "s3://strata/local"
     assert effective["cluster"]["etcd_endpoints"] == []
+
+
+def test_the_secure_config_is_accepted_with_the_secrets_make_secrets_makes(strata_bin, tmp_path):
+    """secure.toml with the files deploy/minio/make-secrets.sh writes: the
+    binary opens and checks every one (certificate, key, users, password,
+    tokens)."""
+    import shutil
+    work = tmp_path / "repo"
+    (work / "deploy" / "minio").mkdir(parents=True)
+    for f in ("make-secrets.sh", "secure.toml"):
+        shutil.copy(MINIO / f, work / "deploy" / "minio" / f)
+    subprocess.run(["bash", str(work / "deploy/minio/make-secrets.sh")], check=True, capture_output=True,
+                   env={**os.environ, "STRATA_ADMIN_PASSWORD": "local-admin-secret"}, timeout=60)
+    secrets = work / "deploy/minio/secrets"
+    assert (secrets / "tls.key").stat().st_mode & 0o077 == 0, "the key is readable by others"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    r = subprocess.run([str(strata_bin), "config", "check", "--config", "deploy/minio/secure.toml"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "local-admin-secret" not in r.stdout + r.stderr
+    # Without the secrets the same check fails, naming the missing file.
+    shutil.rmtree(secrets)
+    r = subprocess.run([str(strata_bin), "config", "check", "--config", "deploy/minio/secure.toml"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "tls.crt" in r.stderr, r.stderr
