@@ -594,3 +594,29 @@ def test_describe_alone_does_not_auto_create_a_topic(sec, broker_factory):
     admin.create_acls([create])[create].result(30)
     dave.list_topics(topic="auto-yes", timeout=10)
     assert "auto-yes" in admin.list_topics(timeout=10).topics
+
+
+def test_the_admin_api_over_https_with_the_cli(broker_factory, strata_bin, tmp_path):
+    pki = make_pki(tmp_path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN} User:admin\n")
+    b = broker_factory({"auth": {"http_require_auth": True, "http_token_file": str(tokens),
+                                 "http_tls_cert_file": str(pki["cert"]), "http_tls_key_file": str(pki["key"])}})
+    url = f"https://{b.host}:{b.http_port}"
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    with urllib.request.urlopen(url + "/healthz", context=ctx, timeout=10) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url + "/v1/topics", context=ctx, timeout=10)
+    assert e.value.code == 401
+    # Plain HTTP on the same port gets nowhere.
+    with pytest.raises(Exception):
+        urllib.request.urlopen(f"http://{b.host}:{b.http_port}/healthz", timeout=5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_ADMIN")}
+    cli = [str(strata_bin), "topic", "list", "--admin-url", url]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=30,
+                         env={**env, "STRATA_ADMIN_TOKEN": TOKEN, "STRATA_ADMIN_CA_FILE": str(pki["ca"])})
+    assert out.returncode == 0, out.stderr
+    # Without the CA the certificate is not trusted.
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=30, env={**env, "STRATA_ADMIN_TOKEN": TOKEN})
+    assert out.returncode != 0

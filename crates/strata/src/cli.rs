@@ -177,9 +177,28 @@ fn credentials() -> Result<Option<String>> {
     }
 }
 
+/// The HTTP client: for `https://`, the CA in `STRATA_ADMIN_CA_FILE` when
+/// set (a private CA, as deploy/minio's), else the system's roots.
+fn http_client() -> Result<reqwest::Client> {
+    // One process-wide rustls provider: ring, as the broker uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = reqwest::Client::builder();
+    let builder = match std::env::var("STRATA_ADMIN_CA_FILE") {
+        Ok(ca) => {
+            let config = strata_broker::security::tls::client_config(&ca)
+                .map_err(anyhow::Error::msg)
+                .context("STRATA_ADMIN_CA_FILE")?;
+            builder.use_preconfigured_tls((*config).clone())
+        }
+        Err(_) => builder,
+    };
+    builder.build().context("cannot set up the HTTP client")
+}
+
 impl Client {
     fn new(t: &Target) -> Self {
-        let auth = match credentials() {
+        let setup = credentials().and_then(|auth| Ok((auth, http_client()?)));
+        let (auth, http) = match setup {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -188,7 +207,7 @@ impl Client {
         };
         Self {
             base: t.admin_url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http,
             auth,
         }
     }
