@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use strata_auth::acl::{Operation, ResourceType, CLUSTER_NAME};
-use strata_auth::scram::Mechanism;
+use strata_auth::scram::{check_password, PasswordCheck};
 use strata_auth::Principal;
 
 use crate::{AdminState, ApiProblem};
@@ -117,23 +117,18 @@ async fn principal_of(state: &AdminState, value: &str) -> Result<Principal, &'st
         let (user, password) = text.split_once(':').ok_or("malformed Basic credentials")?;
         let broker = state.broker.get().ok_or("the broker is still starting")?;
         let image = broker.image();
-        // An unknown user costs the same hashing as a wrong password.
-        let found = Mechanism::ALL
-            .into_iter()
-            .find_map(|m| image.security.credential(user, m).cloned());
-        let known = found.is_some();
-        let credential = found.unwrap_or_else(|| {
-            strata_auth::scram::ScramCredential::unknown_user(Mechanism::Sha512, user)
-        });
         let (user, password) = (user.to_string(), password.to_string());
+        let who = user.clone();
         // Thousands of hash rounds: off the async workers.
-        let ok = tokio::task::spawn_blocking(move || credential.verify_password(&password))
-            .await
-            .unwrap_or(false);
-        return if ok && known {
-            Ok(Principal::user(user))
-        } else {
-            Err("wrong user name or password")
+        let check = tokio::task::spawn_blocking(move || {
+            check_password(&who, &password, |u, m| {
+                image.security.credential(u, m).cloned()
+            })
+        })
+        .await;
+        return match check {
+            Ok(PasswordCheck::Valid) => Ok(Principal::user(user)),
+            _ => Err("wrong user name or password"),
         };
     }
     Err("use a Bearer token or Basic credentials")

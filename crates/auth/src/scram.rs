@@ -196,6 +196,37 @@ impl ScramCredential {
     }
 }
 
+/// The outcome of checking a password (PLAIN, HTTP Basic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    /// The user exists and the password is theirs.
+    Valid,
+    /// The user exists; the password is not theirs.
+    WrongPassword,
+    /// No such user.
+    UnknownUser,
+}
+
+/// Checks `password` against `user`'s credential, whichever SCRAM mechanism
+/// it is stored for (one password per user). An unknown user is hashed
+/// against a stand-in credential, so the answer takes as long either way.
+/// Thousands of hash rounds: call it off async workers.
+pub fn check_password(
+    user: &str,
+    password: &str,
+    lookup: impl Fn(&str, Mechanism) -> Option<ScramCredential>,
+) -> PasswordCheck {
+    let found = Mechanism::ALL.into_iter().find_map(|m| lookup(user, m));
+    let known = found.is_some();
+    let credential =
+        found.unwrap_or_else(|| ScramCredential::unknown_user(Mechanism::Sha512, user));
+    match (credential.verify_password(password), known) {
+        (true, true) => PasswordCheck::Valid,
+        (_, false) => PasswordCheck::UnknownUser,
+        (false, true) => PasswordCheck::WrongPassword,
+    }
+}
+
 /// Why an exchange failed. The message is for the server's log; clients get
 /// one generic message so a failure does not say whether the user exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -658,6 +689,21 @@ mod tests {
                 .step(garbage, |_| Some(cred.clone()))
                 .is_err());
         }
+    }
+
+    #[test]
+    fn password_checks_tell_the_three_cases_apart() {
+        let c = ScramCredential::new(Mechanism::Sha256, "pw", 4096);
+        let lookup = |u: &str, m| (u == "al" && m == Mechanism::Sha256).then(|| c.clone());
+        assert_eq!(check_password("al", "pw", lookup), PasswordCheck::Valid);
+        assert_eq!(
+            check_password("al", "no", lookup),
+            PasswordCheck::WrongPassword
+        );
+        assert_eq!(
+            check_password("bo", "pw", lookup),
+            PasswordCheck::UnknownUser
+        );
     }
 
     #[test]

@@ -811,20 +811,11 @@ fn metadata(c: &Check<'_>, mut r: m::MetadataRequest) -> Gate {
         Some(t) => t.is_empty() && c.ctx.version == 0,
     };
     if all {
-        let visible: HashSet<String> = c
-            .img
-            .topics
-            .keys()
-            .filter(|t| c.topic(Op::Describe, t))
-            .cloned()
-            .collect();
+        let visible = topic_filter(c);
         return patch(Rq::Metadata(r), move |resp| {
             if let Rs::Metadata(resp) = resp {
-                resp.topics.retain(|t| {
-                    t.name
-                        .as_ref()
-                        .is_some_and(|n| visible.contains(n.as_str()))
-                });
+                resp.topics
+                    .retain(|t| t.name.as_ref().is_some_and(&visible));
             }
         });
     }

@@ -18,12 +18,8 @@ use strata_auth::scram::{Mechanism, ScramCredential, MAX_ITERATIONS, MIN_ITERATI
 use strata_cluster::{Fence, MetaOp};
 
 use super::authorize::cluster_allowed;
-use super::RequestContext;
+use super::{sb, RequestContext};
 use crate::state::Broker;
-
-fn sb(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 async fn commit(broker: &Broker, ops: Vec<MetaOp>) -> Result<(), (i16, String)> {
     if ops.is_empty() {

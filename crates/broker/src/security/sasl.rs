@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use strata_auth::scram::{Mechanism, ScramCredential, ScramServer, Step};
+use strata_auth::scram::{Mechanism, PasswordCheck, ScramCredential, ScramServer, Step};
 use strata_auth::Principal;
 
 use super::config::SaslMechanism;
@@ -197,17 +197,12 @@ impl SaslSession {
         let msg = strata_auth::plain::parse(auth_bytes).map_err(|e| (e, None))?;
         // PLAIN checks the password against whichever SCRAM credential the
         // user has, so each user has one password.
-        // An unknown user costs the same hashing as a known one.
-        let found = Mechanism::ALL
-            .into_iter()
-            .find_map(|m| lookup(&msg.user, m));
-        let known = found.is_some();
-        let credential =
-            found.unwrap_or_else(|| ScramCredential::unknown_user(Mechanism::Sha512, &msg.user));
-        match (credential.verify_password(&msg.password), known) {
-            (true, true) => Ok(msg.user),
-            (_, false) => Err((format!("unknown user '{}'", msg.user), Some(msg.user))),
-            (false, true) => Err((
+        match strata_auth::scram::check_password(&msg.user, &msg.password, lookup) {
+            PasswordCheck::Valid => Ok(msg.user),
+            PasswordCheck::UnknownUser => {
+                Err((format!("unknown user '{}'", msg.user), Some(msg.user)))
+            }
+            PasswordCheck::WrongPassword => Err((
                 format!("wrong password for user '{}'", msg.user),
                 Some(msg.user),
             )),
